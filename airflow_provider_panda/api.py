@@ -1,0 +1,250 @@
+"""The PanDA REST API, written once: endpoints, envelope, codes, statuses and server messages.
+
+Every caller (the sync hook, the trigger, the local server, the tests) takes paths, codes and
+status lists from here. Facts come from panda-server 1.0.4 (``pandaserver/api/v1``) and
+panda-client 2.2.0; see ``../shared/panda-api.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+API_PREFIX = "/api/v1"
+DEFAULT_MONITOR_URL = "https://bigpanda.cern.ch"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One PanDA REST call: ``<base>/api/v1/<name>`` with its HTTP method and access rules."""
+
+    name: str
+    method: str
+    secure: bool = True
+    production: bool = False
+    task_owner: bool = False
+
+    @property
+    def path(self) -> str:
+        return f"{API_PREFIX}/{self.name}"
+
+
+IS_ALIVE = Endpoint("system/is_alive", "GET", secure=False)
+TASK_SUBMIT = Endpoint("task/submit", "POST")
+TASK_GET_STATUS = Endpoint("task/get_status", "GET")
+TASK_GET_PARAMS = Endpoint("task/get_task_parameters", "GET")
+TASK_GET_JOB_IDS = Endpoint("task/get_job_ids", "GET")
+TASK_KILL = Endpoint("task/kill", "POST", task_owner=True)
+TASK_FINISH = Endpoint("task/finish", "POST", task_owner=True)
+TASK_RETRY = Endpoint("task/retry", "POST", task_owner=True)
+TASK_RESUME = Endpoint("task/resume", "POST", production=True)
+TASK_REACTIVATE = Endpoint("task/reactivate", "POST", production=True)
+TASK_MODIFIED_SINCE = Endpoint("task/get_tasks_modified_since", "GET")
+JOB_DESCRIPTION = Endpoint("job/get_description", "POST")
+JOB_DESCRIPTION_ARCHIVE = Endpoint("job/get_description_incl_archive", "POST")
+JOB_KILL = Endpoint("job/kill", "POST")
+JOB_METADATA = Endpoint("job/get_metadata_for_analysis_jobs", "GET")
+JOB_SET_COMMAND = Endpoint("job/set_command", "POST", production=True)
+FILE_RECOVERY = Endpoint("file_server/upload_file_recovery_request", "POST", task_owner=True)
+FILE_UPLOAD = Endpoint("file_server/upload_cache_file", "POST")
+FILE_VALIDATE = Endpoint("file_server/validate_cache_file", "POST")
+PILOT_ACQUIRE_JOBS = Endpoint("pilot/acquire_jobs", "POST", production=True)
+PILOT_UPDATE_JOB = Endpoint("pilot/update_job", "POST", production=True)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    IS_ALIVE, TASK_SUBMIT, TASK_GET_STATUS, TASK_GET_PARAMS, TASK_GET_JOB_IDS, TASK_KILL,
+    TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, JOB_DESCRIPTION,
+    JOB_DESCRIPTION_ARCHIVE, JOB_KILL, JOB_METADATA, JOB_SET_COMMAND, FILE_RECOVERY, FILE_UPLOAD,
+    FILE_VALIDATE, PILOT_ACQUIRE_JOBS, PILOT_UPDATE_JOB,
+)
+
+
+def auth_config_path(vo: str) -> str:
+    """Where a server publishes the OIDC client settings of a VO (read by panda-client)."""
+    return f"/auth/{vo}_auth_config.json"
+
+
+# --- codes ------------------------------------------------------------------------------------
+
+
+class CommandCode(IntEnum):
+    """``data`` of a task command answer (kill, finish, retry, resume, reactivate)."""
+
+    REGISTERED = 0
+    SERVER_ERROR = 1
+    NOT_FOUND = 2
+    PERMISSION_DENIED = 3
+    BAD_STATUS = 4
+    RETRY_ACTIVE = 5  # internal to the server: retry of failed jobs of a running task
+
+
+class SubmitCode(IntEnum):
+    """``data`` of a ``task/submit`` answer; ``success`` is true for NEW and INCREMENTAL."""
+
+    NEW = 0
+    DUPLICATE_DEFT = 1
+    DUPLICATE_JEDI = 2
+    INCREMENTAL = 3
+    SERVER_ERROR = 4
+    TOO_MANY_TASKS = 10
+    PARENT_NOT_FOUND = 11
+
+
+SUBMIT_SUCCESS_CODES = frozenset({SubmitCode.NEW, SubmitCode.INCREMENTAL})
+SUBMIT_DUPLICATE_CODES = frozenset({SubmitCode.DUPLICATE_DEFT, SubmitCode.DUPLICATE_JEDI})
+
+# --- statuses ---------------------------------------------------------------------------------
+
+TASK_STATUSES: tuple[str, ...] = (
+    "registered", "defined", "assigning", "ready", "pending", "scouting", "scouted", "running",
+    "prepared", "finishing", "done", "finished", "failed", "aborting", "aborted", "tobroken",
+    "broken", "toretry", "toincexec", "rerefine", "paused", "throttled", "exhausted", "passed",
+    "toabort", "toreassign", "reassigning", "staging", "submitting", "merging",
+)
+#: Statuses a task never leaves by itself.
+TASK_FINAL = frozenset({"done", "finished", "failed", "broken", "aborted"})
+#: ``exhausted`` is not final but stops the task until somebody acts: a waiter must stop too.
+TASK_STOPPED = TASK_FINAL | {"exhausted"}
+TASK_DEFAULT_SUCCESS: tuple[str, ...] = ("done",)
+TASK_DEFAULT_FAILURE: tuple[str, ...] = ("failed", "broken", "aborted", "exhausted", "finished")
+#: What a kill or finish leads to: reaching one of these means the command's goal is met.
+TASK_TERMINATED = TASK_FINAL
+
+JOB_STATUSES: tuple[str, ...] = (
+    "pending", "defined", "assigned", "activated", "sent", "starting", "running", "holding",
+    "merging", "transferring", "finished", "failed", "closed", "cancelled",
+)
+JOB_FINAL = frozenset({"finished", "failed", "closed", "cancelled"})
+JOB_FAILED = frozenset({"failed", "closed", "cancelled"})
+
+#: Task statuses in which the server refuses each command (``CommandCode.BAD_STATUS``).
+COMMAND_REFUSED_IN: dict[str, frozenset[str]] = {
+    "kill": frozenset({"finished", "done", "prepared", "broken", "aborted", "toabort", "aborting", "failed"}),
+    "finish": frozenset({"finished", "done", "prepared", "broken", "aborted", "toabort", "aborting", "failed"}),
+}
+#: Task statuses from which a command is accepted, for commands defined by their allowed set.
+COMMAND_ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "retry": frozenset({"finished", "failed", "exhausted"}),
+    "resume": frozenset({"paused", "throttled", "staging"}),
+    "incexec": frozenset({"finished", "failed", "aborted", "done", "exhausted"}),
+}
+#: Task statuses in which a same-name submission is a duplicate (not an incremental execution).
+RESUBMITTABLE_FROM = COMMAND_ALLOWED_FROM["incexec"]
+#: Task statuses of a running analysis task in which retry acts on its failed jobs.
+RETRY_ACTIVE_FROM = frozenset({"running", "scouting", "pending"})
+
+
+def command_allowed(command: str, status: str) -> bool:
+    """Whether the server accepts ``command`` for a task in ``status`` (ignoring roles)."""
+    if command in COMMAND_REFUSED_IN:
+        return status not in COMMAND_REFUSED_IN[command]
+    if command in COMMAND_ALLOWED_FROM:
+        return status in COMMAND_ALLOWED_FROM[command]
+    return True
+
+
+# --- limits -----------------------------------------------------------------------------------
+
+MB = 1024 * 1024
+SANDBOX_NO_BUILD_LIMIT = 10 * MB
+SANDBOX_LIMIT = 768 * MB
+MAX_JOB_IDS_PER_CALL = 5500
+MAX_PILOT_COMMAND_LENGTH = 250
+
+
+def upload_size_limit(file_name: str) -> int:
+    """The cache server's size limit for a file: 768 MB for ``sources.*`` sandboxes, else 10 MB."""
+    return SANDBOX_LIMIT if file_name.startswith("sources.") else SANDBOX_NO_BUILD_LIMIT
+
+
+# --- messages the server writes ----------------------------------------------------------------
+
+MESSAGE_SSL = "SSL secure connection is required"
+MESSAGE_PROD_ROLE = "production or pilot role required"
+MESSAGE_TASK_OWNER = "not the task owner or no production role"
+MESSAGE_TASK_ID = "jediTaskID must be an integer"
+MESSAGE_TASK_NOT_FOUND = "Task not found"
+MESSAGE_NO_METADATA = "No metadata found"
+MESSAGE_RECOVERY_ACCEPTED = "The request was accepted and will be processed in a few minutes"
+MESSAGE_TOKEN_FAILED = "Token authentication failed."
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_TASK_ID_IN_MESSAGE = re.compile(r"jediTaskID=(\d+)")
+
+
+def task_id_in_message(message: str | None) -> int | None:
+    """The jediTaskID a submission message names (``... jediTaskID=N ...``), or None."""
+    match = _TASK_ID_IN_MESSAGE.search(message or "")
+    return int(match.group(1)) if match else None
+
+
+def command_registered_message(command: str, task_id: int) -> str:
+    return f"command={command} is registered for task ID {task_id}. will be executed in a few minutes"
+
+
+def command_rejected_message(command: str, status: str, extra: str = "") -> str:
+    return f"Command rejected: the {command} command is not accepted if the task is in {status} status {extra}"
+
+
+def command_not_found_message(task_id: int) -> str:
+    return f"jediTaskID={task_id} not found"
+
+
+def submit_new_message(task_id: int) -> str:
+    return f"succeeded. new jediTaskID={task_id}"
+
+
+def submit_duplicate_message(task_id: int, status: str, task_name: str) -> str:
+    return (
+        f"jediTaskID={task_id} is in the {status} state for outDS={task_name}. "
+        "You can re-submit the task with new parameters for the same or another input "
+        "once it goes into finished/failed/done. "
+        "Or you can retry the task once it goes into running/finished/failed/done. "
+        "Note that retry != resubmission according to "
+        "https://twiki.cern.ch/twiki/bin/view/PanDA/PandaJEDI#Task_retry_and_resubmission "
+    )
+
+
+def submit_incremental_message(task_id: int, status: str) -> str:
+    return (
+        "reactivation accepted. "
+        f"jediTaskID={task_id} (currently in {status} state) will be re-executed with old and/or new input"
+    )
+
+
+def is_incremental_message(message: str | None) -> bool:
+    """Whether a submission answer says an existing finished task will be re-executed (code 3)."""
+    return (message or "").startswith("reactivation accepted.")
+
+
+def retry_active_message(status: str) -> str:
+    return f"retry has been triggered for failed jobs while the task is still {status}"
+
+
+# --- envelope ---------------------------------------------------------------------------------
+
+
+def envelope(success: bool, message: str = "", data: Any = None) -> dict[str, Any]:
+    """The JSON body of every handled call."""
+    return {"success": success, "message": message, "data": data}
+
+
+def encode_special(obj: Any) -> Any:
+    """``json.dumps`` default: datetimes as ``{"__datetime__": iso}``, as the server writes them."""
+    if isinstance(obj, datetime):
+        return {"__datetime__": obj.isoformat()}
+    raise TypeError(f"Type not serializable: {type(obj).__name__}")
+
+
+def decode_special(obj: dict[str, Any]) -> Any:
+    """``json.loads`` object hook reversing :func:`encode_special`."""
+    if "__datetime__" in obj and len(obj) == 1:
+        return datetime.fromisoformat(obj["__datetime__"])
+    return obj
+
+
+def monitor_task_url(monitor_url: str, task_id: int) -> str:
+    """The BigPanDA-style monitor page of a task."""
+    return f"{monitor_url.rstrip('/')}/task/{int(task_id)}/"

@@ -1,0 +1,84 @@
+"""Typed errors for PanDA calls: what went wrong, never a status tuple, never a secret."""
+
+from __future__ import annotations
+
+
+class PandaError(Exception):
+    """Base of every error this provider raises."""
+
+
+class PandaInputError(PandaError, ValueError):
+    """Bad input from the caller, found before any request was sent."""
+
+
+class PandaConnectionConfigError(PandaInputError):
+    """The Airflow connection cannot be used as it is (no host, bad URL, no credentials...)."""
+
+
+class PandaTransportError(PandaError):
+    """The request did not get an HTTP answer: refused, reset, timed out, TLS failure."""
+
+
+class PandaHTTPError(PandaError):
+    """The server answered outside the JSON envelope (non-200)."""
+
+    def __init__(self, status_code: int, text: str):
+        self.status_code = status_code
+        self.text = text
+        super().__init__(f"HTTP {status_code}: {text}")
+
+
+class PandaAuthError(PandaHTTPError):
+    """HTTP 403: token or certificate refused, user banned, or method forbidden."""
+
+
+class PandaServerError(PandaHTTPError):
+    """HTTP 5xx (or 429): the server failed or is overloaded; safe calls are retried."""
+
+
+class PandaResponseError(PandaError):
+    """The answer was not the JSON envelope the API promises."""
+
+
+class PandaCallFailed(PandaError):
+    """The server handled the call and said ``success: false`` (message kept)."""
+
+    def __init__(self, message: str, data: object = None):
+        self.server_message = message
+        self.data = data
+        super().__init__(message)
+
+
+class PandaNotFoundError(PandaCallFailed):
+    """The task or job does not exist (or is not visible to this user)."""
+
+
+class PandaPermissionError(PandaCallFailed):
+    """Not the task owner, or the production role is required."""
+
+
+class PandaCommandRejected(PandaCallFailed):
+    """A task command or submission answered with a non-zero code."""
+
+    def __init__(self, code: int, message: str, task_id: int | None = None):
+        self.code = code
+        self.task_id = task_id
+        super().__init__(f"code {code}: {message}", data=code)
+        self.server_message = message
+
+
+class PandaDuplicateTaskError(PandaCommandRejected):
+    """A submission matched an existing task with the same taskName; ``task_id`` names it."""
+
+
+class PandaTaskFailedError(PandaError):
+    """A waited-on task reached a failing status."""
+
+    def __init__(self, message: str, task_id: int, status: str):
+        self.task_id = task_id
+        self.status = status
+        super().__init__(message)
+
+
+class PandaTimeoutError(PandaError):
+    """A wait ran past its timeout."""

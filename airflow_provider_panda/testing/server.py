@@ -1,0 +1,583 @@
+"""A local PanDA server for developing and testing DAGs offline: ``python -m airflow_provider_panda.testing.server``.
+
+It serves ``/api/v1/...`` the way panda-server 1.0.4 does (envelope, codes, 403 plain text,
+``success: false`` shapes, datetimes as ``{"__datetime__": ...}``, argument casting), with OIDC
+bearer tokens it mints itself, over a task simulation (:mod:`.sim`) on a controllable clock.
+Test control lives under ``/_control/`` (never part of PanDA's API).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import secrets
+import socket
+import sys
+import threading
+import time
+import typing
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from airflow_provider_panda import api
+from airflow_provider_panda.testing.sim import PandaSim, User
+
+DEFAULT_VO = "atlas"
+PROD_ROLE = "production"
+DEFAULT_USERS = {
+    "user": User("alice analyst", "alice", [DEFAULT_VO]),
+    "other": User("bob other", "bob", [DEFAULT_VO]),
+    "prod": User("paula production", "paula", [DEFAULT_VO, f"{DEFAULT_VO}/{PROD_ROLE}"]),
+}
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+class TokenIssuer:
+    """Mints and checks JWT id tokens (HS256, a key per server start) like an IdP would."""
+
+    def __init__(self, issuer: str, lifetime: float = 3600.0) -> None:
+        self.key = secrets.token_hex(32)
+        self.issuer = issuer
+        self.lifetime = lifetime
+        self.refresh_tokens: dict[str, str] = {}  # refresh token -> user key
+
+    def mint(self, user_key: str, user: User, lifetime: float | None = None) -> str:
+        import jwt
+
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "sub": user.preferred_username, "aud": "panda", "iat": now,
+            "exp": now + int(lifetime if lifetime is not None else self.lifetime),
+            "name": user.name, "preferred_username": user.preferred_username, "groups": list(user.groups),
+            "user_key": user_key,
+        }
+        return jwt.encode(claims, self.key, algorithm="HS256")
+
+    def check(self, token: str) -> dict[str, Any]:
+        """Claims of a valid token; raises ValueError with the real server's wording otherwise."""
+        import jwt
+
+        try:
+            return jwt.decode(token, self.key, algorithms=["HS256"], audience="panda")
+        except jwt.InvalidTokenError as exc:
+            raise ValueError(f"Invalid token. {exc}") from None
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Caller:
+    """Who is asking: anonymous (no token) or a user, with or without the production role."""
+
+    user: User | None
+    prod: bool = False
+
+    @property
+    def secure(self) -> bool:
+        return self.user is not None
+
+
+class Handlers:
+    """One method per served endpoint, named like panda-server's function, typed like it."""
+
+    def __init__(self, sim: PandaSim, base_url: str) -> None:
+        self.sim = sim
+        self.base_url = base_url
+        self.cache: dict[str, bytes] = {}
+
+    # system
+    def is_alive(self, caller: Caller) -> dict:
+        return api.envelope(True)
+
+    # task
+    def submit(self, caller: Caller, task_parameters: dict, parent_tid: int = None) -> dict:
+        code, message = self.sim.submit(task_parameters, caller.user, caller.prod, parent_tid)
+        if code not in api.SUBMIT_SUCCESS_CODES:
+            return api.envelope(False, message, int(code))
+        return api.envelope(True, message, api.task_id_in_message(message))
+
+    def get_status(self, caller: Caller, task_id: int) -> dict:
+        task = self.sim.visible(task_id)
+        if task is None:
+            return api.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        return api.envelope(True, data=task.status)
+
+    def get_task_parameters(self, caller: Caller, task_id: int) -> dict:
+        task = self.sim.visible(task_id)
+        if task is None:
+            return api.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        return api.envelope(True, data=task.params)
+
+    def get_job_ids(self, caller: Caller, task_id: int) -> dict:
+        task = self.sim.visible(task_id)
+        return api.envelope(True, data=list(task.job_ids) if task else [])
+
+    def _command(self, caller: Caller, task_id: int, command: str, **kwargs: Any) -> dict:
+        code, message = self.sim.command(task_id, command, caller.user, caller.prod, **kwargs)
+        return api.envelope(code == 0, message, int(code))
+
+    def kill(self, caller: Caller, task_id: int, broadcast: bool = False) -> dict:
+        return self._command(caller, task_id, "kill")
+
+    def finish(self, caller: Caller, task_id: int, soft: bool = False, broadcast: bool = False) -> dict:
+        return self._command(caller, task_id, "finish", soft=soft)
+
+    def retry(self, caller: Caller, task_id: int, new_parameters: dict = None, no_child_retry: bool = False,
+              discard_events: bool = False, disable_staging_mode: bool = False,
+              keep_gshare_priority: bool = False, ignore_hard_exhausted: bool = False) -> dict:
+        if new_parameters:
+            code, message = self.sim.retry_with_params(task_id, new_parameters, caller.user, caller.prod)
+        else:
+            code, message = self.sim.command(task_id, "retry", caller.user, caller.prod)
+            if code == api.CommandCode.RETRY_ACTIVE:
+                code, message = 0, api.retry_active_message(message)
+        return api.envelope(True, message, int(code))  # retry always says success: true
+
+    def resume(self, caller: Caller, task_id: int) -> dict:
+        return self._command(caller, task_id, "resume")
+
+    def reactivate(self, caller: Caller, task_id: int, keep_attempt_nr: bool = False,
+                   trigger_job_generation: bool = False) -> dict:
+        code, message = self.sim.reactivate(task_id)
+        return api.envelope(code == 0, message, code)
+
+    def get_tasks_modified_since(self, caller: Caller, since: str, dn: str = None, full: bool = False,
+                                 min_task_id: int = None, prod_source_label: str = "user") -> dict:
+        try:
+            when = datetime.strptime(since, api.TIME_FORMAT)
+        except ValueError:
+            return api.envelope(True, data={})
+        tasks = self.sim.modified_since(caller.user, when, prod_source_label)
+        if min_task_id is not None:
+            tasks = {k: v for k, v in tasks.items() if v["jediTaskID"] > min_task_id}
+        return api.envelope(True, data=tasks)
+
+    # job
+    def get_description(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
+        return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
+
+    def get_description_incl_archive(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
+        return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
+
+    def kill_jobs(self, caller: Caller, job_ids: typing.List[int], code: int = None,  # noqa: UP006
+                  use_email_as_id: bool = False, kill_options: typing.List[str] = []) -> dict:  # noqa: B006,UP006
+        return api.envelope(True, data=self.sim.kill_jobs(job_ids, caller.user, caller.prod))
+
+    def get_metadata_for_analysis_jobs(self, caller: Caller, task_id: int) -> dict:
+        metadata = self.sim.job_metadata(task_id)
+        if not metadata:
+            return api.envelope(True, api.MESSAGE_NO_METADATA, {})
+        return api.envelope(True, data=metadata)
+
+    def set_command(self, caller: Caller, job_id: int, command: str) -> dict:
+        success, message = self.sim.set_job_command(job_id, command)
+        return api.envelope(success, message)
+
+    # file server
+    def upload_file_recovery_request(self, caller: Caller, task_id: int = None, dry_run: bool = None,
+                                     dataset: str = None, files: typing.List[str] = None,  # noqa: UP006
+                                     no_child_retry: bool = True, resurrect_datasets: bool = False,
+                                     force: bool = False, reproduce_parent: bool = False,
+                                     reproduce_upto_nth_gen: int = 0) -> dict:
+        if not task_id and not dataset:
+            return api.envelope(False, "Either task_id or dataset must be provided")
+        if task_id:
+            self.sim.recover_files(task_id, bool(dry_run), caller.user)
+        log_name = self.sim.new_log_name()
+        self.cache[log_name] = b""
+        return api.envelope(True, api.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": f"{self.base_url}/cache/{log_name}"})
+
+    def upload_cache_file(self, caller: Caller, file: Any) -> dict:
+        name, content, declared = file
+        limit = api.upload_size_limit(name.split("/")[-1])
+        if declared > limit:
+            return api.envelope(False, f"ERROR: upload failure. Exceeded size limit {declared // api.MB} MB > "
+                                       f"{limit // api.MB} MB. Please remove redundant files from your work area")
+        name = name.split("/")[-1]
+        if name in self.sim.files and not name.endswith(".__ow__"):
+            return api.envelope(False, "ERROR: cannot overwrite file")
+        crc = int.from_bytes(content[-8:-4], "little") if len(content) >= 8 else 0
+        self.sim.files[name] = (caller.user.dn, len(content), crc)
+        self.cache[name] = content
+        return api.envelope(True)
+
+    def validate_cache_file(self, caller: Caller, file_size: int, checksum: typing.Union[int, str]) -> dict:  # noqa: UP007
+        for name, (owner, size, crc) in self.sim.files.items():
+            if owner == caller.user.dn and size == file_size and str(crc) == str(checksum):
+                host = self.base_url.split("://", 1)[1]
+                return api.envelope(True, f"FOUND:{host}:{name}")
+        return api.envelope(False, "NOTFOUND")
+
+
+#: Endpoint name -> handler method name, where they differ from the endpoint's last part.
+HANDLER_NAMES = {api.JOB_KILL.name: "kill_jobs"}
+SERVED = {ep.name: ep for ep in api.ENDPOINTS}
+
+
+def _cast(value: Any, hint: Any, default: Any) -> Any:
+    """panda-server's GET casting: strings to the handler's type hint."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value == "None" and default is None:
+        return None
+    if hint is str:
+        return value
+    if hint is bool:
+        return value.lower() in ("true", "1")
+    if hint is int:
+        return int(float(value))
+    if origin is list and args:
+        items = value if isinstance(value, list) else [value]
+        if args[0] is int:
+            return [int(float(i)) for i in items]
+        return items
+    if origin in (typing.Union,):
+        return value
+    if not isinstance(value, hint):
+        value = ast.literal_eval(value)
+    return value
+
+
+def _check_type(name: str, value: Any, hint: Any, default: Any) -> str | None:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or hint is typing.Any:
+        return None
+    if origin is list:
+        if not isinstance(value, list):
+            return f"Type error: '{name}' must be of type list, got {type(value).__name__}."
+        if args and not all(isinstance(i, args[0]) and not isinstance(i, bool) for i in value):
+            return f"Type error: All elements in '{name}' must be {args[0].__name__}."
+        return None
+    if isinstance(hint, type) and not isinstance(value, hint) and not (value is None and default is None):
+        return f"Type error: '{name}' must be of type {hint.__name__}, got {type(value).__name__}."
+    return None
+
+
+def bind(method: Any, params: dict[str, Any], http_method: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Bind and cast parameters as panda-server's request_validation does; (kwargs, error)."""
+    sig = inspect.signature(method)
+    try:
+        bound = sig.bind(None, **params)
+    except TypeError as exc:
+        return None, f"Argument error: {exc}"
+    bound.apply_defaults()
+    hints = typing.get_type_hints(method)
+    kwargs = dict(bound.arguments)
+    kwargs.pop("caller", None)
+    for name, value in list(kwargs.items()):
+        hint = hints.get(name)
+        default = sig.parameters[name].default
+        if hint is None or hint is Any or (default is not inspect.Parameter.empty and value == default):
+            continue
+        if http_method == "GET" and isinstance(value, (str, list)):
+            try:
+                value = _cast(value, hint, default)
+            except (ValueError, TypeError, SyntaxError):
+                hint_name = getattr(hint, "__name__", str(hint))
+                return None, (f"Type error: '{name}' with value '{value}' could not be casted to type "
+                              f"{hint_name} from {type(value).__name__}.")
+            kwargs[name] = value
+        error = _check_type(name, value, hint, default)
+        if error:
+            return None, error
+    return kwargs, None
+
+
+class LocalPandaApp:
+    """The ASGI app: PanDA's dispatch rules in front of :class:`Handlers`."""
+
+    def __init__(self, sim: PandaSim, issuer: TokenIssuer, base_url: str = "http://127.0.0.1") -> None:
+        self.sim = sim
+        self.issuer = issuer
+        self.handlers = Handlers(sim, base_url)
+        self.users: dict[str, User] = dict(DEFAULT_USERS)
+        self.requests: Counter[str] = Counter()
+        self.app = Starlette(routes=[
+            Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
+            Route("/cache/{path:path}", self.cache_file, methods=["GET"]),
+            Route("/_control/{action}", self.control, methods=["GET", "POST"]),
+            Route("/_control/tasks/{task_id:int}", self.control_task, methods=["GET", "POST"]),
+        ])
+
+    @property
+    def base_url(self) -> str:
+        return self.handlers.base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self.handlers.base_url = value
+
+    # --- PanDA --------------------------------------------------------------------------------
+
+    def _caller(self, request: Request) -> Caller | str:
+        """The caller from the bearer token and Origin, or the 403 text for a refused token."""
+        header = request.headers.get("authorization")
+        if not header:
+            return Caller(None)
+        parts = header.split()
+        token = parts[1] if len(parts) == 2 else ""
+        try:
+            claims = self.issuer.check(token)
+        except ValueError as exc:
+            return f"{api.MESSAGE_TOKEN_FAILED} {exc}"
+        origin = request.headers.get("origin") or ""
+        vo, _, role = origin.replace(".", ":", 1).partition(":")
+        if vo != DEFAULT_VO:
+            return f"{api.MESSAGE_TOKEN_FAILED} Unknown vo : {vo or None}"
+        user = self.users.get(claims.get("user_key", "")) or User(
+            claims.get("name", claims["sub"]), claims.get("preferred_username", claims["sub"]),
+            list(claims.get("groups", [])))
+        groups = claims.get("groups", [])
+        if role:
+            if f"{vo}/{role}" not in groups:
+                return f"{api.MESSAGE_TOKEN_FAILED} Not a member of the {vo}/{role} group"
+            return Caller(user, prod=role == PROD_ROLE)
+        if vo not in groups:
+            return f"{api.MESSAGE_TOKEN_FAILED} Not a member of the {vo} group"
+        return Caller(user)
+
+    async def _params(self, request: Request, json_body: bool) -> dict[str, Any] | None:
+        if request.method == "GET":
+            params: dict[str, Any] = {}
+            for key, value in request.query_params.multi_items():
+                if key in params:
+                    params[key] = (params[key] if isinstance(params[key], list) else [params[key]]) + [value]
+                else:
+                    params[key] = value
+            return params
+        if json_body:
+            body = await request.body()
+            return json.loads(body) if body else {}
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_part_size=api.SANDBOX_LIMIT + api.MB)
+            params = {}
+            for key, value in form.multi_items():
+                if hasattr(value, "read"):
+                    declared = int(request.headers.get("content-length") or 0)
+                    params[key] = (value.filename or key, await value.read(), declared)
+                else:
+                    params[key] = value
+            return params
+        form = await request.form()
+        return dict(form)
+
+    async def dispatch(self, request: Request) -> Response:
+        version, module, method = (request.path_params[k] for k in ("version", "module", "method"))
+        endpoint = SERVED.get(f"{module}/{method}") if version in ("v1", "latest") else None
+        handler = getattr(self.handlers, HANDLER_NAMES.get(endpoint.name, method), None) if endpoint else None
+        self.requests[f"{module}/{method}"] += 1
+        if handler is None:
+            return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
+        caller = self._caller(request)
+        if isinstance(caller, str):
+            return Response(f"ERROR : {caller}", 403, media_type="text/plain")
+        content_type = request.headers.get("content-type")
+        json_app = content_type == "application/json" or request.headers.get("accept") == "application/json"
+        json_body = content_type == "application/json" and request.method in ("POST", "PUT")
+        try:
+            params = await self._params(request, json_body)
+        except ValueError as exc:
+            return Response(f"ERROR : received invalid JSON : {exc}", 500, media_type="text/plain")
+        result = self._validated(endpoint, handler, caller, request.method, params or {})
+        if json_app:
+            return Response(json.dumps(result, default=api.encode_special), 200, media_type="text/plain")
+        return Response(str(result), 200, media_type="text/plain")
+
+    def _validated(self, endpoint: api.Endpoint, handler: Any, caller: Caller, http_method: str,
+                   params: dict[str, Any]) -> dict[str, Any]:
+        """request_validation: secure, production role, HTTP method, arguments, task ownership."""
+        if endpoint.secure and not caller.secure:
+            return api.envelope(False, api.MESSAGE_SSL)
+        if endpoint.production and not caller.prod:
+            return api.envelope(False, api.MESSAGE_PROD_ROLE)
+        if endpoint.method != http_method and endpoint not in (api.JOB_DESCRIPTION, api.JOB_DESCRIPTION_ARCHIVE):
+            return api.envelope(False, f"expecting {endpoint.method}, received {http_method}")
+        kwargs, error = bind(handler, params, http_method)
+        if error:
+            return api.envelope(False, error)
+        if endpoint.task_owner and kwargs.get("task_id"):
+            if not self.sim.owns(kwargs["task_id"], caller.user, caller.prod):
+                return api.envelope(False, api.MESSAGE_TASK_OWNER)
+        return handler(caller, **kwargs)
+
+    async def auth_config(self, request: Request) -> Response:
+        vo = request.path_params["vo"]
+        return JSONResponse({
+            "client_id": f"panda-{vo}", "client_secret": "local-secret",
+            "oidc_config_url": f"{self.base_url}/_control/oidc_config", "audience": "panda", "vo": vo,
+        })
+
+    async def cache_file(self, request: Request) -> Response:
+        content = self.handlers.cache.get(request.path_params["path"])
+        if content is None:
+            return Response("not found", 404, media_type="text/plain")
+        return Response(content, 200, media_type="application/octet-stream")
+
+    # --- control ------------------------------------------------------------------------------
+
+    async def control(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        body = await request.json() if request.method == "POST" and await request.body() else {}
+        if action == "tasks":
+            with self.sim.lock:
+                self.sim.advance()
+                return JSONResponse([_task_view(t) for t in self.sim.tasks.values()])
+        if action == "rules":
+            self.sim.set_rules([(p, o) for p, o in body.get("rules", [])])
+            return JSONResponse({"ok": True})
+        if action == "clock":
+            if "step" in body:
+                self.sim.step = float(body["step"])
+            if "freeze" in body:
+                self.sim.clock.freeze(bool(body["freeze"]))
+            if "advance" in body:
+                self.sim.clock.advance(float(body["advance"]))
+            self.sim.advance()
+            return JSONResponse({"step": self.sim.step})
+        if action == "token":
+            key = body.get("user", "user")
+            user = self.users.get(key)
+            if user is None:
+                groups = body.get("groups", [DEFAULT_VO])
+                user = User(body.get("name", key), body.get("preferred_username", key), groups)
+                self.users[key] = user
+            return JSONResponse({"token": self.issuer.mint(key, user, body.get("lifetime"))})
+        if action == "requests":
+            return JSONResponse(dict(self.requests))
+        if action == "recoveries":
+            return JSONResponse(self.sim.recovery_requests)
+        return JSONResponse({"error": f"unknown control action {action}"}, 404)
+
+    async def control_task(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        if task_id not in self.sim.tasks:
+            return JSONResponse({"error": "no such task"}, 404)
+        if request.method == "POST":
+            body = await request.json()
+            try:
+                self.sim.force(task_id, body.get("status"), body.get("outcomes"))
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, 400)
+        with self.sim.lock:
+            self.sim.advance()
+            return JSONResponse(_task_view(self.sim.tasks[task_id]))
+
+
+def _task_view(task: Any) -> dict[str, Any]:
+    return {"jediTaskID": task.task_id, "taskName": task.name, "status": task.status, "attempt": task.attempt,
+            "owner": task.owner, "outcomes": task.outcomes, "jobs": list(task.job_ids),
+            "recoveries": task.recoveries}
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+class LocalPandaServer:
+    """Run the local server in a background thread on 127.0.0.1 (port 0 picks a free one).
+
+    Usable as a context manager; :meth:`connection` gives the Airflow connection for a user.
+    """
+
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", step: float = 0.5,
+                 rules: list[tuple[str, list[str]]] | None = None, token_lifetime: float = 3600.0) -> None:
+        self.host = host
+        self.sim = PandaSim(step=step, rules=rules)
+        self.issuer = TokenIssuer("local-panda", token_lifetime)
+        self.panda = LocalPandaApp(self.sim, self.issuer)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.panda.base_url = self.url
+        self.issuer.issuer = self.url
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def token(self, user: str = "user", lifetime: float | None = None) -> str:
+        return self.issuer.mint(user, self.panda.users[user], lifetime)
+
+    def connection(self, user: str = "user", **extra: Any) -> dict[str, Any]:
+        """Airflow's JSON form of a connection to this server as ``user`` (prod gets the role)."""
+        origin = f"{DEFAULT_VO}:{PROD_ROLE}" if user == "prod" else DEFAULT_VO
+        return {"conn_type": "panda", "host": self.url, "password": self.token(user),
+                "extra": {"vo": origin, "monitor_url": self.url + "/monitor", **extra}}
+
+    def connection_uri_env(self, user: str = "user", **extra: Any) -> str:
+        return json.dumps(self.connection(user, **extra))
+
+    def start(self) -> LocalPandaServer:
+        import uvicorn
+
+        config = uvicorn.Config(self.panda.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="local-panda-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the local PanDA server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> LocalPandaServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _parse_rule(text: str) -> tuple[str, list[str]]:
+    pattern, _, outcomes = text.rpartition("=")
+    if not pattern:
+        raise argparse.ArgumentTypeError("a rule is PATTERN=OUTCOME[,OUTCOME...], e.g. 'flaky=failed,done'")
+    return pattern, outcomes.split(",")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8443, help="port on 127.0.0.1 (0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
+    parser.add_argument("--step", type=float, default=1.0, help="seconds per task status step")
+    parser.add_argument("--rule", action="append", type=_parse_rule, default=[],
+                        help="PATTERN=OUTCOMES: task names matching PATTERN end each attempt with the "
+                             "next outcome (done, finished, failed, broken, exhausted, hang)")
+    parser.add_argument("--user", default="user", choices=sorted(DEFAULT_USERS),
+                        help="identity of the printed connection ('prod' has the production role)")
+    args = parser.parse_args(argv)
+    server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule).start()
+    print(server.connection_uri_env(args.user), flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

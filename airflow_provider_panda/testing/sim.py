@@ -1,0 +1,443 @@
+"""The task life of the local PanDA server: tasks and jobs that move on a clock the caller controls.
+
+This is PanDA's behaviour (DEFT, JEDI, the pilots) reduced to what a client can observe: codes,
+messages, which status allows which command, duplicate detection, job statuses and errors.
+It has no HTTP in it; :mod:`airflow_provider_panda.testing.server` puts it behind the real API.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow_provider_panda import api
+from airflow_provider_panda.api import CommandCode, SubmitCode
+
+OUTCOMES = ("done", "finished", "failed", "broken", "exhausted", "hang")
+#: The statuses a fresh attempt walks through before its outcome, one clock step each.
+ATTEMPT_PATH = ("registered", "defined", "ready", "running")
+FAILED_JOB_ERROR = {
+    "transExitCode": 1,
+    "pilotErrorCode": 1305,
+    "pilotErrorDiag": "Failed to execute payload:/bin/bash: line 1: 1 Exit 1",
+    "exeErrorCode": 1,
+    "exeErrorDiag": "payload exited with code 1",
+}
+
+
+def check_outcomes(outcomes: Any) -> list[str]:
+    """Outcomes per attempt: a non-empty list drawn from :data:`OUTCOMES`."""
+    outcomes = list(outcomes) if isinstance(outcomes, (list, tuple)) else []
+    if not outcomes or any(o not in OUTCOMES for o in outcomes):
+        raise ValueError(f"outcomes must be a non-empty list of {OUTCOMES}")
+    return outcomes
+
+
+class Clock:
+    """Simulated time: real time plus an offset the caller may advance, or frozen."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._frozen_at: float | None = None
+
+    def now(self) -> float:
+        return self._frozen_at if self._frozen_at is not None else time.monotonic() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        if self._frozen_at is not None:
+            self._frozen_at += seconds
+        else:
+            self._offset += seconds
+
+    def freeze(self, frozen: bool) -> None:
+        if frozen and self._frozen_at is None:
+            self._frozen_at = self.now()
+        elif not frozen and self._frozen_at is not None:
+            self._offset = self._frozen_at - time.monotonic()
+            self._frozen_at = None
+
+    def wall(self) -> datetime:
+        """UTC wall time (naive, as PanDA's database keeps it) matching :meth:`now`."""
+        delta = self.now() - time.monotonic()
+        return (datetime.now(timezone.utc) + timedelta(seconds=delta)).replace(tzinfo=None, microsecond=0)
+
+
+@dataclass
+class User:
+    """An identity the server knows: DN-like name, groups, and the production role if any."""
+
+    name: str
+    preferred_username: str
+    groups: list[str]
+
+    @property
+    def dn(self) -> str:
+        return " ".join(t[:1].upper() + t[1:].lower() for t in self.name.split())
+
+
+@dataclass
+class Job:
+    panda_id: int
+    task_id: int
+    status: str
+    attempt: int
+    site: str
+    created: datetime
+    modified: datetime
+    error: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self, task: Task) -> dict[str, Any]:
+        """The job as ``job/get_description`` sends it (JobSpec.to_dict_advanced, trimmed)."""
+        started = self.created if self.status not in ("defined", "activated") else None
+        ended = self.modified if self.status in api.JOB_FINAL else None
+        info: dict[str, Any] = {
+            "PandaID": self.panda_id, "jobDefinitionID": self.task_id, "jediTaskID": self.task_id,
+            "jobName": f"{task.name}$", "jobStatus": self.status, "prodSourceLabel": task.label,
+            "computingSite": self.site, "cloud": "WORLD", "attemptNr": self.attempt,
+            "maxAttempt": task.params.get("maxAttempt", 3), "prodUserName": task.owner,
+            "transformation": task.params.get("transPath"), "creationTime": self.created,
+            "modificationTime": self.modified, "startTime": started, "endTime": ended,
+            "currentPriority": 1000, "coreCount": task.params.get("coreCount", 1), "nEvents": 0,
+            "transExitCode": 0, "pilotErrorCode": 0, "pilotErrorDiag": None, "exeErrorCode": 0,
+            "exeErrorDiag": None, "ddmErrorCode": 0, "ddmErrorDiag": None, "supErrorCode": 0,
+            "supErrorDiag": None, "taskBufferErrorCode": 0, "taskBufferErrorDiag": None,
+            "brokerageErrorCode": 0, "brokerageErrorDiag": None, "jobDispatcherErrorCode": 0,
+            "jobDispatcherErrorDiag": None, "Files": [],
+        }
+        info.update(self.error)
+        return info
+
+
+@dataclass
+class Task:
+    task_id: int
+    name: str
+    params: dict[str, Any]
+    owner: str
+    vo: str
+    label: str
+    status: str
+    outcomes: list[str]
+    created: datetime
+    modified: datetime
+    attempt: int = 0
+    job_ids: list[int] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    due: float = 0.0
+    recoveries: int = 0
+
+    @property
+    def outcome(self) -> str:
+        return self.outcomes[min(self.attempt, len(self.outcomes) - 1)]
+
+    @property
+    def n_jobs(self) -> int:
+        p = self.params
+        for total, per in (("nEvents", "nEventsPerJob"), ("nFiles", "nFilesPerJob")):
+            if isinstance(p.get(total), int) and isinstance(p.get(per), int) and p[per] > 0:
+                return max(1, min(100, -(-p[total] // p[per])))
+        return 1
+
+
+class PandaSim:
+    """All tasks and jobs of one local server; every public method is thread-safe."""
+
+    def __init__(self, step: float = 0.5, rules: list[tuple[str, list[str]]] | None = None,
+                 first_task_id: int = 1000, first_job_id: int = 5_000_000) -> None:
+        self.clock = Clock()
+        self.step = step
+        self.rules: list[tuple[re.Pattern[str], list[str]]] = []
+        self.set_rules(rules or [])
+        self.lock = threading.RLock()
+        self.tasks: dict[int, Task] = {}
+        self.jobs: dict[int, Job] = {}
+        self.files: dict[str, tuple[str, int, int]] = {}  # name -> (owner, size, crc)
+        self.recovery_requests: list[dict[str, Any]] = []
+        self._task_ids = itertools.count(first_task_id)
+        self._job_ids = itertools.count(first_job_id)
+        self._heap: list[tuple[float, int]] = []
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def set_rules(self, rules: list[tuple[str, list[str]]]) -> None:
+        """Outcomes per attempt for task names matching a pattern (first match wins; last repeats)."""
+        self.rules = [(re.compile(pattern), check_outcomes(outcomes)) for pattern, outcomes in rules]
+
+    def _outcomes_for(self, name: str, params: dict[str, Any]) -> list[str]:
+        for pattern, outcomes in self.rules:
+            if pattern.search(name):
+                return list(outcomes)
+        return ["done"]
+
+    # --- clock --------------------------------------------------------------------------------
+
+    def _schedule(self, task: Task, path: list[str]) -> None:
+        task.path = list(path)
+        task.due = self.clock.now() + self.step
+        heapq.heappush(self._heap, (task.due, task.task_id))
+
+    def advance(self) -> None:
+        """Apply every transition that is due by now."""
+        with self.lock:
+            now = self.clock.now()
+            while self._heap and self._heap[0][0] <= now:
+                due, task_id = heapq.heappop(self._heap)
+                task = self.tasks.get(task_id)
+                if task is None or task.due != due or not task.path:
+                    continue
+                self._set_status(task, task.path.pop(0))
+                if task.path:
+                    task.due = due + self.step
+                    heapq.heappush(self._heap, (task.due, task.task_id))
+
+    def _set_status(self, task: Task, status: str) -> None:
+        task.status = status
+        task.modified = self.clock.wall()
+        if status == "ready":
+            self._make_jobs(task)
+        elif status == "running":
+            self._jobs_to(task, "running", only_active=True)
+        elif status in ("done", "finished", "failed", "exhausted", "broken"):
+            self._finish_jobs(task, status)
+        elif status == "aborted":
+            self._jobs_to(task, "cancelled", only_active=True)
+        if status == "running" and task.outcome != "hang" and not task.path:
+            task.path = [task.outcome]
+
+    def _make_jobs(self, task: Task) -> None:
+        """New jobs for an attempt: all of them at first, then one per job the last attempt lost."""
+        wall = self.clock.wall()
+        previous = [self.jobs[j] for j in task.job_ids if self.jobs[j].attempt == task.attempt]
+        failed = [job for job in previous if job.status in api.JOB_FAILED]
+        for _ in range(len(failed) or task.n_jobs):
+            job = Job(next(self._job_ids), task.task_id, "activated", task.attempt + 1,
+                      task.params.get("site") or "TEST_SITE", wall, wall)
+            self.jobs[job.panda_id] = job
+            task.job_ids.append(job.panda_id)
+
+    def _active_jobs(self, task: Task) -> list[Job]:
+        return [self.jobs[j] for j in task.job_ids if self.jobs[j].status not in api.JOB_FINAL]
+
+    def _jobs_to(self, task: Task, status: str, only_active: bool) -> None:
+        wall = self.clock.wall()
+        for job in self._active_jobs(task) if only_active else [self.jobs[j] for j in task.job_ids]:
+            job.status, job.modified = status, wall
+
+    def _finish_jobs(self, task: Task, status: str) -> None:
+        wall = self.clock.wall()
+        active = self._active_jobs(task)
+        for index, job in enumerate(active):
+            fail = status in ("failed", "exhausted") or (status == "finished" and index % 2 == 0)
+            if status == "broken":
+                job.status = "cancelled"
+            elif fail:
+                job.status, job.error = "failed", dict(FAILED_JOB_ERROR)
+            else:
+                job.status = "finished"
+            job.modified = wall
+
+    # --- the API's actions --------------------------------------------------------------------
+
+    def submit(self, params: dict[str, Any], user: User, prod: bool, parent_tid: int | None) -> tuple[int, str]:
+        """insertTaskParamsPanda: (code, message) with the real server's codes and messages."""
+        with self.lock:
+            self.advance()
+            params = dict(params)
+            if not prod or "userName" not in params:
+                params["userName"] = user.dn
+            if not prod or "taskType" not in params:
+                params["taskType"] = "anal"
+                params["taskPriority"] = 1000
+            name = params.get("taskName")
+            if not isinstance(name, str):
+                return SubmitCode.SERVER_ERROR, "failed to register task"
+            vo = params.get("vo") or "atlas"
+            label = params.get("prodSourceLabel") or "user"
+            if parent_tid is not None and parent_tid not in self.tasks:
+                return SubmitCode.PARENT_NOT_FOUND, f"failed to find parent with jediTaskID={parent_tid}"
+            if params["taskType"] == "anal" and params.get("uniqueTaskName") is True:
+                same = [t for t in self.tasks.values()
+                        if (t.vo, t.label, t.owner, t.name) == (vo, label, params["userName"], name)]
+                if same:
+                    old = max(same, key=lambda t: t.task_id)
+                    if old.status == "registered":
+                        return SubmitCode.DUPLICATE_DEFT, (
+                            f"jediTaskID={old.task_id} is already queued for outDS={name}. "
+                            "You cannot submit duplicated tasks. ")
+                    if old.status not in api.RESUBMITTABLE_FROM:
+                        return SubmitCode.DUPLICATE_JEDI, api.submit_duplicate_message(old.task_id, old.status, name)
+                    message = api.submit_incremental_message(old.task_id, old.status)
+                    self._restart(old, "toincexec")
+                    return SubmitCode.INCREMENTAL, message
+            wall = self.clock.wall()
+            task = Task(next(self._task_ids), name, params, params["userName"], vo, label, "registered",
+                        self._outcomes_for(name, params), wall, wall)
+            self.tasks[task.task_id] = task
+            self._schedule(task, list(ATTEMPT_PATH[1:]))
+            return SubmitCode.NEW, api.submit_new_message(task.task_id)
+
+    def _restart(self, task: Task, via: str) -> None:
+        task.attempt += 1
+        self._set_status(task, via)
+        self._schedule(task, ["ready", "running"])
+
+    def visible(self, task_id: int) -> Task | None:
+        """A task as JEDI sees it: not yet there while only DEFT has it (status registered)."""
+        self.advance()
+        task = self.tasks.get(task_id)
+        return None if task is None or task.status == "registered" else task
+
+    def owns(self, task_id: int, user: User, prod: bool) -> bool:
+        """validate_ownership_or_production_role."""
+        if prod:
+            return True
+        task = self.visible(task_id)
+        return task is not None and task.owner == user.dn
+
+    def command(self, task_id: int, command: str, user: User, prod: bool, **kwargs: Any) -> tuple[int, str]:
+        """sendCommandTaskPanda: registered commands act one clock step later, as JEDI would."""
+        with self.lock:
+            task = self.visible(task_id)
+            if task is None:
+                return CommandCode.NOT_FOUND, api.command_not_found_message(task_id)
+            allowed = api.command_allowed(command, task.status)
+            extra = ""
+            if command == "retry" and task.status == "exhausted" and not prod:
+                allowed, extra = False, "and production role is missing"
+            if not allowed:
+                if command == "retry" and task.status in api.RETRY_ACTIVE_FROM and task.label == "user":
+                    return CommandCode.RETRY_ACTIVE, task.status
+                return CommandCode.BAD_STATUS, api.command_rejected_message(command, task.status, extra)
+            if command == "kill":
+                self._set_status(task, "aborting")
+                self._schedule(task, ["aborted"])
+            elif command == "finish":
+                if kwargs.get("soft"):
+                    self._jobs_to(task, "finished", only_active=True)
+                else:
+                    self._jobs_to(task, "cancelled", only_active=True)
+                self._set_status(task, "finishing")
+                self._schedule(task, ["finished"])
+            elif command == "retry":
+                self._restart(task, "toretry")
+            elif command == "resume":
+                self._set_status(task, "running")
+            return CommandCode.REGISTERED, api.command_registered_message(command, task_id)
+
+    def retry_with_params(self, task_id: int, new_params: dict[str, Any], user: User,
+                          prod: bool) -> tuple[int, str]:
+        """retry with new_parameters: the merged parameters are re-inserted (allowActiveTask)."""
+        with self.lock:
+            task = self.visible(task_id)
+            if task is None:
+                return 1, "new parameter conversion failed with task not found"
+            if task.status in api.RETRY_ACTIVE_FROM:
+                task.params.update(new_params)
+                return SubmitCode.INCREMENTAL, api.retry_active_message(task.status)
+            if task.status not in api.RESUBMITTABLE_FROM:
+                return SubmitCode.DUPLICATE_JEDI, api.submit_duplicate_message(task_id, task.status, task.name)
+            task.params.update(new_params)
+            message = api.submit_incremental_message(task_id, task.status)
+            self._restart(task, "toincexec")
+            return SubmitCode.INCREMENTAL, message
+
+    def reactivate(self, task_id: int) -> tuple[int, str]:
+        with self.lock:
+            task = self.visible(task_id)
+            if task is not None:
+                self._restart(task, "ready")
+            n_inputs = task.n_jobs if task else 0
+            return 0, f"updated {n_inputs} inputs and task {task_id} was reactivated "
+
+    def recover_files(self, task_id: int, dry_run: bool, user: User) -> None:
+        """A lost-file recovery request: unless a dry run, JEDI retries the task to remake the files."""
+        with self.lock:
+            self.recovery_requests.append({"task_id": task_id, "dry_run": dry_run, "user": user.dn})
+            task = self.visible(task_id)
+            if task is not None and not dry_run and task.status in api.COMMAND_ALLOWED_FROM["incexec"]:
+                task.recoveries += 1
+                self._restart(task, "toretry")
+
+    def force(self, task_id: int, status: str | None = None, outcomes: list[str] | None = None) -> Task:
+        """Control: set a task's status now and/or its outcomes from the current attempt on."""
+        with self.lock:
+            self.advance()
+            task = self.tasks[task_id]
+            if outcomes is not None:
+                task.outcomes = task.outcomes[: task.attempt] + check_outcomes(outcomes)
+            if status is not None:
+                task.path = []
+                self._set_status(task, status)
+                if status == "running" and task.path:
+                    self._schedule(task, task.path)
+            return task
+
+    def modified_since(self, user: User, since: datetime, label: str) -> dict[Any, dict[str, Any]]:
+        """getJediTasksInTimeRange: keyed by reqID, as the server does."""
+        with self.lock:
+            self.advance()
+            found: dict[Any, dict[str, Any]] = {}
+            for task in self.tasks.values():
+                if task.owner != user.dn or task.label != label or task.modified < since:
+                    continue
+                if task.status == "registered":
+                    continue
+                req_id = task.params.get("reqID", task.task_id)
+                found[req_id] = {
+                    "jediTaskID": task.task_id, "modificationTime": task.modified, "status": task.status,
+                    "processingType": task.params.get("processingType"), "transUses": task.params.get("transUses"),
+                    "transHome": task.params.get("transHome"), "architecture": task.params.get("architecture"),
+                    "reqID": req_id, "creationDate": task.created, "site": task.params.get("site"),
+                    "cloud": task.params.get("cloud"), "taskName": task.name,
+                }
+            return found
+
+    def job_metadata(self, task_id: int) -> dict[str, Any]:
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None:
+                return {}
+            return {
+                str(j): {"exitCode": 0, "nEvents": task.params.get("nEventsPerJob", 1), "attempt": self.jobs[j].attempt}
+                for j in task.job_ids if self.jobs[j].status == "finished"
+            }
+
+    def describe_jobs(self, job_ids: list[int]) -> list[dict[str, Any] | None]:
+        with self.lock:
+            self.advance()
+            out: list[dict[str, Any] | None] = []
+            for panda_id in job_ids:
+                job = self.jobs.get(panda_id)
+                out.append(job.describe(self.tasks[job.task_id]) if job else None)
+            return out
+
+    def kill_jobs(self, job_ids: list[int], user: User, prod: bool) -> list[bool]:
+        with self.lock:
+            self.advance()
+            result = []
+            for panda_id in job_ids:
+                job = self.jobs.get(panda_id)
+                ok = job is not None and job.status not in api.JOB_FINAL and (
+                    prod or self.tasks[job.task_id].owner == user.dn)
+                if ok:
+                    job.status, job.modified = "cancelled", self.clock.wall()
+                result.append(ok)
+            return result
+
+    def set_job_command(self, job_id: int, command: str) -> tuple[bool, str]:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.status in api.JOB_FINAL:
+                return False, f"PandaID={job_id} not found in active DB"
+            return True, f"command={command} set to PandaID={job_id}"
+
+    def new_log_name(self) -> str:
+        return f"jedilog/lost_file_recovery.{uuid.uuid4()}.log"

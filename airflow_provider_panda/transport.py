@@ -1,0 +1,108 @@
+"""From a :class:`~airflow_provider_panda.calls.Call` to HTTP and back, for requests and httpx alike.
+
+Request building, answer parsing, the retry policy and secret redaction live here once; the
+hook (sync) and the async client only move bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from airflow_provider_panda import api
+from airflow_provider_panda.calls import Call
+from airflow_provider_panda.config import PandaConnectionConfig
+from airflow_provider_panda.exceptions import (
+    PandaAuthError,
+    PandaConnectionConfigError,
+    PandaHTTPError,
+    PandaResponseError,
+    PandaServerError,
+    PandaTransportError,
+)
+
+MAX_ERROR_TEXT = 500
+USER_AGENT = "airflow-provider-panda"
+
+
+def prepare(call: Call, cfg: PandaConnectionConfig) -> dict[str, Any]:
+    """Method, URL, headers and body of a call; raises on unusable credentials before sending."""
+    endpoint = call.endpoint
+    base = cfg.upload_base_url if call.cache else cfg.base_url
+    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    request: dict[str, Any] = {"method": endpoint.method, "url": base + endpoint.path, "headers": headers}
+    if endpoint.secure:
+        if cfg.auth == "none":
+            raise PandaConnectionConfigError(
+                "the connection has no credentials: set the password to an OIDC id token "
+                "(with extra 'vo'), or extra 'token_file', or extra 'x509_proxy'"
+            )
+        if cfg.auth == "oidc":
+            headers["Authorization"] = f"Bearer {cfg.read_token()}"
+            headers["Origin"] = cfg.vo
+        else:
+            proxy = cfg.check_proxy()
+            request["cert"] = (proxy, proxy)
+    if call.files:
+        request["files"] = call.files
+    elif endpoint.method == "GET":
+        request["params"] = {k: v for k, v in call.payload.items() if v is not None}
+    else:
+        headers["Content-Type"] = "application/json"
+        request["content"] = json.dumps(call.payload).encode()
+    return request
+
+
+def redact(text: str, cfg: PandaConnectionConfig | None) -> str:
+    """Remove the connection's token from a text that may end up in a log or an exception."""
+    if cfg is not None and cfg.token:
+        text = text.replace(cfg.token, "***")
+    return text
+
+
+def parse(status_code: int, content: bytes, cfg: PandaConnectionConfig | None = None) -> dict[str, Any]:
+    """The envelope of a 200 answer; typed errors for everything else."""
+    if status_code != 200:
+        text = redact(content[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip(), cfg)
+        if status_code == 403:
+            raise PandaAuthError(status_code, text)
+        if status_code == 429 or status_code >= 500:
+            raise PandaServerError(status_code, text)
+        raise PandaHTTPError(status_code, text or "no body")
+    try:
+        body = json.loads(content, object_hook=api.decode_special)
+    except ValueError:
+        snippet = redact(content[:120].decode("utf-8", "replace"), cfg)
+        raise PandaResponseError(f"the server's answer is not JSON: {snippet!r}") from None
+    if not isinstance(body, dict) or "success" not in body:
+        raise PandaResponseError(f"the server's answer is not the PanDA envelope: {str(body)[:120]!r}")
+    return body
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Faults worth another try: no answer at all, 5xx and 429; never a 4xx or a handled call."""
+    return isinstance(exc, (PandaTransportError, PandaServerError))
+
+
+def backoff(attempt: int, cfg: PandaConnectionConfig) -> float:
+    """Exponential backoff with full jitter, capped at 60 s."""
+    return min(60.0, cfg.retry_wait * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def retrying_kwargs(cfg: PandaConnectionConfig, log: logging.Logger, what: str) -> dict[str, Any]:
+    """tenacity settings shared by the sync and async paths."""
+    import tenacity
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("PanDA %s failed (%s); attempt %d of %d", what, exc, state.attempt_number, cfg.max_retries + 1)
+
+    return {
+        "retry": tenacity.retry_if_exception(is_transient),
+        "stop": tenacity.stop_after_attempt(cfg.max_retries + 1),
+        "wait": lambda state: backoff(state.attempt_number, cfg),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
