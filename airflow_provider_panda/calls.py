@@ -133,8 +133,8 @@ def _command(command: str, ok: Iterable[int] = (CommandCode.REGISTERED,)) -> Cal
         if code in accepted:
             return message
         if code == CommandCode.NOT_FOUND:
-            raise PandaNotFoundError(f"{command}: {message}", code)
-        raise PandaCommandRejected(code, f"{command} rejected: {message}")
+            raise PandaNotFoundError(message, code)
+        raise PandaCommandRejected(code, message, action=command)
 
     return interpret
 

@@ -60,10 +60,11 @@ class PandaPermissionError(PandaCallFailed):
 class PandaCommandRejected(PandaCallFailed):
     """A task command or submission answered with a non-zero code."""
 
-    def __init__(self, code: int, message: str, task_id: int | None = None):
+    def __init__(self, code: int, message: str, task_id: int | None = None, action: str = "submit"):
         self.code = code
         self.task_id = task_id
-        super().__init__(f"code {code}: {message}", data=code)
+        self.action = action
+        super().__init__(f"PanDA {action} rejected with code {code}: {message}", data=code)
         self.server_message = message
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import asyncio
 import inspect
 import json
 import secrets
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 import typing
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -303,6 +304,9 @@ class LocalPandaApp:
         self.handlers = Handlers(sim, base_url)
         self.users: dict[str, User] = dict(DEFAULT_USERS)
         self.requests: Counter[str] = Counter()
+        #: Faults for the next API requests, one each: "500" (answer 500 without acting),
+        #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s).
+        self.faults: deque[str] = deque()
         self.app = Starlette(routes=[
             Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
@@ -380,6 +384,9 @@ class LocalPandaApp:
         self.requests[f"{module}/{method}"] += 1
         if handler is None:
             return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
+        fault = self.faults.popleft() if self.faults else ""
+        if fault.isdigit():
+            return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
         caller = self._caller(request)
         if isinstance(caller, str):
             return Response(f"ERROR : {caller}", 403, media_type="text/plain")
@@ -391,6 +398,10 @@ class LocalPandaApp:
         except ValueError as exc:
             return Response(f"ERROR : received invalid JSON : {exc}", 500, media_type="text/plain")
         result = self._validated(endpoint, handler, caller, request.method, params or {})
+        if fault.startswith("after:"):
+            return Response("injected fault after acting", int(fault[6:]), media_type="text/plain")
+        if fault.startswith("slow:"):
+            await asyncio.sleep(float(fault[5:]))
         if json_app:
             return Response(json.dumps(result, default=api.encode_special), 200, media_type="text/plain")
         return Response(str(result), 200, media_type="text/plain")
@@ -435,7 +446,13 @@ class LocalPandaApp:
                 self.sim.advance()
                 return JSONResponse([_task_view(t) for t in self.sim.tasks.values()])
         if action == "rules":
-            self.sim.set_rules([(p, o) for p, o in body.get("rules", [])])
+            try:
+                if body.get("replace", False):
+                    self.sim.set_rules([])
+                for pattern, outcomes in reversed(body.get("rules", [])):
+                    self.sim.add_rule(pattern, outcomes)
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, 400)
             return JSONResponse({"ok": True})
         if action == "clock":
             if "step" in body:
@@ -454,6 +471,9 @@ class LocalPandaApp:
                 user = User(body.get("name", key), body.get("preferred_username", key), groups)
                 self.users[key] = user
             return JSONResponse({"token": self.issuer.mint(key, user, body.get("lifetime"))})
+        if action == "faults":
+            self.faults.extend(str(f) for f in body.get("faults", []))
+            return JSONResponse({"pending": len(self.faults)})
         if action == "requests":
             return JSONResponse(dict(self.requests))
         if action == "recoveries":

@@ -170,6 +170,11 @@ class PandaSim:
         """Outcomes per attempt for task names matching a pattern (first match wins; last repeats)."""
         self.rules = [(re.compile(pattern), check_outcomes(outcomes)) for pattern, outcomes in rules]
 
+    def add_rule(self, pattern: str, outcomes: list[str]) -> None:
+        """Put one rule in front of the others."""
+        with self.lock:
+            self.rules.insert(0, (re.compile(pattern), check_outcomes(outcomes)))
+
     def _outcomes_for(self, name: str, params: dict[str, Any]) -> list[str]:
         for pattern, outcomes in self.rules:
             if pattern.search(name):

@@ -1,0 +1,107 @@
+"""Shared fixtures: a real local PanDA server on 127.0.0.1 and hooks connected to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+# Airflow reads its home at import: give the whole test session a private one, before any import.
+_HOME = tempfile.mkdtemp(prefix="airflow-panda-tests-")
+os.environ.setdefault("AIRFLOW_HOME", _HOME)
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(_HOME, "dags"))
+
+from airflow_provider_panda.testing.server import LocalPandaServer  # noqa: E402
+
+STEP = 0.05
+
+
+@pytest.fixture(scope="session")
+def panda_server() -> Iterator[LocalPandaServer]:
+    with LocalPandaServer(step=STEP) as server:
+        yield server
+
+
+@pytest.fixture
+def conn_env(panda_server: LocalPandaServer, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Install an Airflow connection to the local server; returns its conn_id."""
+
+    def install(conn_id: str = "panda_default", user: str = "user", **extra: Any) -> str:
+        conn = panda_server.connection(user, retry_wait=0.01, **extra)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    return install
+
+
+@pytest.fixture
+def hook(conn_env: Callable[..., str]):
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    return PandaHook(conn_env())
+
+
+@pytest.fixture
+def prod_hook(conn_env: Callable[..., str]):
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    return PandaHook(conn_env("panda_prod", user="prod"))
+
+
+def task_params(tag: str = "t", **extra: Any) -> dict[str, Any]:
+    """A minimal no-input analysis task with a unique name (tag becomes part of the name)."""
+    params = {
+        "taskName": f"user.alice.{tag}.{uuid.uuid4().hex[:10]}",
+        "uniqueTaskName": True,
+        "vo": "atlas",
+        "prodSourceLabel": "user",
+        "taskType": "anal",
+        "noInput": True,
+        "nEvents": 10,
+        "nEventsPerJob": 5,
+        "jobParameters": [{"type": "constant", "value": "echo hello"}],
+        "log": {"type": "template", "param_type": "log", "value": "user.alice.log.${SN}.tgz"},
+    }
+    params.update(extra)
+    return params
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; fail loudly on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def wait_status(hook: Any, task_id: int, statuses: set[str] | tuple[str, ...], timeout: float = 10.0) -> str:
+    from airflow_provider_panda.exceptions import PandaNotFoundError
+
+    def status() -> str | None:
+        try:
+            current = hook.get_task_status(task_id)
+        except PandaNotFoundError:
+            return None
+        return current if current in statuses else None
+
+    return wait_for(status, timeout)
+
+
+def params_with_outcomes(server: LocalPandaServer, outcomes: list[str], tag: str = "t", **extra: Any) -> dict:
+    """Task params whose attempts end as ``outcomes`` on the local server (last one repeats)."""
+    import re
+
+    params = task_params(tag, **extra)
+    server.sim.add_rule(re.escape(params["taskName"]) + "$", outcomes)
+    return params
