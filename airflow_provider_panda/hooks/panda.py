@@ -238,6 +238,11 @@ class PandaHook(BaseHook):
             name = " ".join(t[:1].upper() + t[1:].lower() for t in str(name).split())
         return name, claims.get("groups"), claims.get("preferred_username")
 
+    def get_task_jobs(self, task_id: int) -> list[dict[str, Any] | None]:
+        """Descriptions of the task's newest jobs (at most one call's worth), for reports and counts."""
+        job_ids = self.get_job_ids(task_id)[-api.MAX_JOB_IDS_PER_CALL:]
+        return self.get_full_job_status(job_ids) if job_ids else []
+
     # --- Airflow ------------------------------------------------------------------------------
 
     def monitor_url(self, task_id: int) -> str:
@@ -339,3 +344,13 @@ class AsyncPandaClient:
 
     async def get_tasks_modified_since(self, since: datetime | str) -> dict[int, dict[str, Any]]:
         return await self.run(calls.get_tasks_modified_since(since))
+
+    async def get_job_ids(self, task_id: int) -> list[int]:
+        return await self.run(calls.get_job_ids(task_id))
+
+    async def get_full_job_status(self, job_ids: Iterable[int]) -> list[dict[str, Any] | None]:
+        return await self.run(calls.get_full_job_status(job_ids))
+
+    async def get_task_jobs(self, task_id: int) -> list[dict[str, Any] | None]:
+        job_ids = (await self.get_job_ids(task_id))[-api.MAX_JOB_IDS_PER_CALL:]
+        return await self.get_full_job_status(job_ids) if job_ids else []

@@ -1,0 +1,22 @@
+"""The "PanDA monitor" extra link of every PanDA operator and sensor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+
+MONITOR_URL_KEY = "panda_monitor_url"
+
+
+class PandaTaskLink(BaseOperatorLink):
+    """Links a task instance to ``<monitor_url>/task/<jediTaskID>/`` (pushed as an XCom when known)."""
+
+    name = "PanDA monitor"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        try:
+            from airflow.sdk.execution_time.xcom import XCom
+        except ImportError:  # pragma: no cover - Airflow < 3.0 layout
+            from airflow.models.xcom import XCom  # type: ignore[no-redef]
+        return XCom.get_value(key=MONITOR_URL_KEY, ti_key=ti_key) or ""

@@ -1,0 +1,67 @@
+"""Run real DAGs in tests: write a DAG file into the dags folder, serialise it, ``dag.test()`` it,
+then read task states and XComs from Airflow's metadata database."""
+
+from __future__ import annotations
+
+import os
+import string
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HEADER = """\
+from datetime import datetime, timedelta
+from airflow.sdk import DAG
+from airflow_provider_panda.operators.task import (
+    FileRecoveryOperator, FinishTaskOperator, KillTaskOperator, RetryTaskOperator, SubmitTaskOperator,
+)
+from airflow_provider_panda.sensors.task import TaskStatusSensor
+"""
+
+
+@dataclass
+class Run:
+    dag_id: str
+    run_id: str
+    state: str
+    states: dict[str, str]
+
+    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            row = session.query(XComModel).filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id,
+                                                     key=key).first()
+            return None if row is None else XComModel.deserialize_value(row)
+
+
+def ensure_db() -> None:
+    """Create the metadata database of the test session's AIRFLOW_HOME once."""
+    home = Path(os.environ["AIRFLOW_HOME"])
+    if (home / ".db-ready").exists():
+        return
+    from airflow.utils.db import initdb
+
+    initdb()
+    (home / ".db-ready").touch()
+
+
+def run_dag(body: str, **fmt: Any) -> Run:
+    """Run the tasks in ``body`` (put under ``with DAG(...) as dag:``; ``$name`` takes ``fmt[name]``)."""
+    from airflow.utils.cli import get_bagged_dag
+
+    ensure_db()
+    dag_id = f"test_{uuid.uuid4().hex[:12]}"
+    folder = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dag_id}.py"
+    source = HEADER + f"\nwith DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1)) as dag:\n"
+    source += textwrap.indent(string.Template(textwrap.dedent(body)).substitute(fmt), "    ")
+    path.write_text(source)
+    dag = get_bagged_dag(None, dag_id, dagfile_path=str(path))
+    dag_run = dag.test()
+    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    return Run(dag_id, dag_run.run_id, str(getattr(dag_run.state, "value", dag_run.state)), states)

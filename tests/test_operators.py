@@ -1,0 +1,253 @@
+"""Operators and the sensor in real DAG runs (``dag.test()``) against the local PanDA server."""
+
+from __future__ import annotations
+
+import pytest
+from airflow_runs import run_dag
+from conftest import params_with_outcomes, task_params, wait_status
+
+from airflow_provider_panda.exceptions import PandaInputError
+
+FAST = "poll_interval=0.05"
+
+
+def tasks_named(server, name):
+    return [t for t in server.sim.tasks.values() if t.name == name]
+
+
+@pytest.fixture(autouse=True)
+def _conn(conn_env):
+    conn_env()
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_submit_and_wait_succeeds(panda_server, deferrable):
+    params = task_params("op")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, {FAST}, deferrable={deferrable})",
+                  params=repr(params))
+    assert run.states == {"submit": "success"}
+    [task] = tasks_named(panda_server, params["taskName"])
+    assert run.xcom("submit") == task.task_id == run.xcom("submit", "jedi_task_id")
+    url = f"{panda_server.url}/monitor/task/{task.task_id}/"
+    assert run.xcom("submit", "panda_monitor_url") == url
+    assert run.xcom("submit", "_link_PandaTaskLink") == url
+    assert task.status == "done"
+
+
+def test_submit_without_waiting_returns_at_once(panda_server):
+    params = params_with_outcomes(panda_server, ["hang"], "nowait")
+    run = run_dag("SubmitTaskOperator(task_id='submit', task_params=$params, wait_for_completion=False)",
+                  params=repr(params))
+    assert run.states == {"submit": "success"}
+    assert tasks_named(panda_server, params["taskName"])[0].status != "done"
+
+
+def test_task_params_from_a_json_template_file(panda_server, tmp_path):
+    import os
+
+    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+    name = f"tpl_{os.urandom(4).hex()}.json"
+    params = task_params("tpl")
+    params["taskName"] = params["taskName"] + ".{{ ds_nodash }}"
+    with open(os.path.join(folder, name), "w") as handle:
+        import json
+
+        json.dump(params, handle)
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params='{name}', {FAST})")
+    assert run.states == {"submit": "success"}
+    [task] = [t for t in panda_server.sim.tasks.values() if t.name.startswith(params["taskName"][:-16])]
+    assert "{{" not in task.name and task.name[-8:].isdigit()
+
+
+@pytest.mark.parametrize("outcome", ["failed", "broken", "exhausted", "finished"])
+def test_failing_final_status_fails_with_explanation(panda_server, capfd, outcome):
+    params = params_with_outcomes(panda_server, [outcome], "fail")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, {FAST})", params=repr(params))
+    assert run.states == {"submit": "failed"}
+    out = "".join(capfd.readouterr())
+    [task] = tasks_named(panda_server, params["taskName"])
+    assert f"PanDA task {task.task_id} ended {outcome}" in out
+    assert f"/monitor/task/{task.task_id}/" in out
+    if outcome in ("failed", "finished"):
+        assert "jobs failed" in out and "pilotErrorCode 1305" in out
+
+
+def test_partial_success_is_allowed_when_asked(panda_server):
+    params = params_with_outcomes(panda_server, ["finished"], "partial")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, allow_partial=True, {FAST})",
+                  params=repr(params))
+    assert run.states == {"submit": "success"}
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_auto_retries_end_green_after_exactly_two_panda_retries(panda_server, capfd, deferrable):
+    params = params_with_outcomes(panda_server, ["failed", "failed", "done"], "auto")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, auto_retries=2, {FAST}, "
+                  f"deferrable={deferrable})", params=repr(params))
+    assert run.states == {"submit": "success"}
+    [task] = tasks_named(panda_server, params["taskName"])
+    assert task.attempt == 2 and task.status == "done"
+    out = "".join(capfd.readouterr())
+    assert "automatic retry 1 of 2" in out and "automatic retry 2 of 2" in out
+
+
+def test_auto_retries_run_out(panda_server):
+    params = params_with_outcomes(panda_server, ["failed", "failed", "done"], "auto1")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, auto_retries=1, {FAST})",
+                  params=repr(params))
+    assert run.states == {"submit": "failed"}
+    assert tasks_named(panda_server, params["taskName"])[0].attempt == 1
+
+
+def test_auto_retry_with_new_params(panda_server):
+    params = params_with_outcomes(panda_server, ["failed", "done"], "autonew")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, auto_retries=1, "
+                  f"retry_new_params={{'ramCount': 8000}}, {FAST})", params=repr(params))
+    assert run.states == {"submit": "success"}
+    assert tasks_named(panda_server, params["taskName"])[0].params["ramCount"] == 8000
+
+
+@pytest.mark.parametrize("action,final", [("kill", "aborted"), ("finish", "finished")])
+def test_timeout_kills_or_finishes_the_task(panda_server, capfd, action, final):
+    params = params_with_outcomes(panda_server, ["hang"], "tmo")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=0.5, on_timeout='{action}',"
+                  f" {FAST})", params=repr(params))
+    assert run.states == {"submit": "failed"}
+    [task] = tasks_named(panda_server, params["taskName"])
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    assert wait_status(PandaHook(), task.task_id, {final}) == final
+    assert "after 0.5 s" in "".join(capfd.readouterr())
+
+
+def test_airflow_retry_after_a_lost_worker_reattaches(panda_server, capfd):
+    """The first try is cut off while waiting (execution_timeout); the retry finds the same task."""
+    params = params_with_outcomes(panda_server, ["hang"], "crash")
+    name = params["taskName"]
+    # A rule change makes the task finish only once the second try is waiting on it.
+    run = run_dag(f"""\
+        SubmitTaskOperator(task_id='submit', task_params=$params, {FAST}, retries=1,
+                           retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=1),
+                           on_execute_callback=$cb)
+        """, params=repr(params), cb=f"lambda ctx: __import__('tests_hooks').finish_on_retry(ctx, {name!r})")
+    assert run.states == {"submit": "success"}
+    assert len(tasks_named(panda_server, name)) == 1
+    assert "Reattached to PanDA task" in "".join(capfd.readouterr())
+
+
+def test_retry_operator(panda_server, hook):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "retryop"))
+    wait_status(hook, task_id, {"failed"})
+    run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id='{task_id}', wait_for_completion=True, {FAST})")
+    assert run.states == {"retry": "success"} and run.xcom("retry") == task_id
+    assert hook.get_task_status(task_id) == "done"
+    again = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id})")
+    assert again.states == {"retry": "success"}  # done already: nothing to retry is not an error
+
+
+def test_retry_operator_rejection_fails_with_code(panda_server, hook, capfd):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "retryrej"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.force(task_id, status="broken")
+    run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id})")
+    assert run.states == {"retry": "failed"}
+    assert "retry rejected with code 4" in "".join(capfd.readouterr())
+
+
+def test_kill_operator_waits_for_aborted_and_accepts_already_killed(panda_server, hook):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killop"))
+    wait_status(hook, task_id, {"running"})
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
+    assert run.states == {"kill": "success"} and run.xcom("kill") == "aborted"
+    again = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id})")
+    assert again.states == {"kill": "success"} and again.xcom("kill") == "aborted"
+
+
+def test_kill_operator_on_someone_elses_task_fails(panda_server, conn_env):
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    bob = PandaHook(conn_env("panda_bob", user="other"))
+    task_id = bob.submit_task(params_with_outcomes(panda_server, ["hang"], "bobs"))
+    wait_status(bob, task_id, {"running"})
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id})")
+    assert run.states == {"kill": "failed"}
+    assert bob.get_task_status(task_id) == "running"
+
+
+def test_finish_operator_soft(panda_server, hook):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "finop"))
+    wait_status(hook, task_id, {"running"})
+    run = run_dag(f"FinishTaskOperator(task_id='finish', jedi_task_id={task_id}, soft=True, "
+                  f"wait_for_termination=True, {FAST})")
+    assert run.states == {"finish": "success"} and run.xcom("finish") == "finished"
+
+
+def test_file_recovery_operator(panda_server, hook):
+    task_id = hook.submit_task(task_params("recop"))
+    wait_status(hook, task_id, {"done"})
+    run = run_dag(f"FileRecoveryOperator(task_id='recover', jedi_task_id={task_id}, dry_run=True)")
+    assert run.states == {"recover": "success"}
+    assert run.xcom("recover").startswith(panda_server.url + "/cache/jedilog/lost_file_recovery.")
+    assert panda_server.sim.recovery_requests[-1] == {"task_id": task_id, "dry_run": True, "user": "Alice Analyst"}
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_sensor_modes(panda_server, hook, mode):
+    task_id = hook.submit_task(task_params("sens"))
+    args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id='{task_id}', poke_interval=0.1, timeout=30, {args})")
+    assert run.states == {"wait": "success"}
+    assert hook.get_task_status(task_id) == "done"
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferrable"])
+def test_sensor_fails_fast_on_a_failure_status(panda_server, hook, capfd, mode):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["broken"], "sensfail"))
+    args = "deferrable=True" if mode == "deferrable" else "mode='poke'"
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.1, timeout=30, {args})")
+    assert run.states == {"wait": "failed"}
+    assert f"PanDA task {task_id} ended broken" in "".join(capfd.readouterr())
+
+
+def test_sensor_on_a_pipeline_of_submit_then_wait(panda_server):
+    params = task_params("pipe")
+    run = run_dag("""\
+        submit = SubmitTaskOperator(task_id='submit', task_params=$params, wait_for_completion=False)
+        wait = TaskStatusSensor(task_id='wait', jedi_task_id="{{ ti.xcom_pull('submit') }}", poke_interval=0.1,
+                                timeout=30, deferrable=True)
+        submit >> wait
+        """, params=repr(params))
+    assert run.states == {"submit": "success", "wait": "success"}
+
+
+def test_bad_arguments_fail_at_parse_time():
+    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.sensors.task import TaskStatusSensor
+
+    with pytest.raises(PandaInputError, match="unknown PanDA task status"):
+        SubmitTaskOperator(task_id="x", task_params={}, success_statuses=("donee",))
+    with pytest.raises(PandaInputError, match="poll_interval"):
+        SubmitTaskOperator(task_id="x", task_params={}, poll_interval=0)
+    with pytest.raises(PandaInputError, match="on_timeout"):
+        SubmitTaskOperator(task_id="x", task_params={}, on_timeout="explode")
+    with pytest.raises(PandaInputError, match="auto_retries"):
+        SubmitTaskOperator(task_id="x", task_params={}, auto_retries=-1)
+    with pytest.raises(PandaInputError, match="both success and failure"):
+        TaskStatusSensor(task_id="x", jedi_task_id=1, target_statuses=("done",), failure_statuses=("done",))
+
+
+def test_on_kill_kills_the_panda_task(panda_server, hook):
+    from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "onkill"))
+    wait_status(hook, task_id, {"running"})
+    operator = SubmitTaskOperator(task_id="x", task_params={})
+    operator._jedi_task_id = task_id
+    operator.on_kill()
+    assert wait_status(hook, task_id, {"aborted"}) == "aborted"
+    keep = SubmitTaskOperator(task_id="y", task_params={}, cancel_on_kill=False)
+    other = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "keep"))
+    wait_status(hook, other, {"running"})
+    keep._jedi_task_id = other
+    keep.on_kill()
+    assert hook.get_task_status(other) == "running"

@@ -1,0 +1,121 @@
+"""PandaTaskTrigger on an asyncio loop against the local server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import params_with_outcomes, task_params, wait_status
+
+from airflow_provider_panda.triggers.task import PandaTaskTrigger
+
+
+@pytest.fixture(autouse=True)
+def _conn(conn_env):
+    conn_env()
+
+
+async def first_event(trigger: PandaTaskTrigger):
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
+
+
+def run(trigger: PandaTaskTrigger) -> dict:
+    return asyncio.run(asyncio.wait_for(first_event(trigger), timeout=30))
+
+
+def test_serialise_round_trip():
+    from airflow.sdk.module_loading import import_string
+
+    trigger = PandaTaskTrigger(task_id=7, panda_conn_id="c", poll_interval=2.5, success_statuses=["done", "finished"],
+                               failure_statuses=["failed"], end_time=123.0, cancel_on_kill=False,
+                               stale_status="failed", carry={"retries_done": 1})
+    classpath, kwargs = trigger.serialize()
+    again = import_string(classpath)(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+    import json
+
+    assert json.loads(json.dumps(kwargs)) == kwargs  # primitives only
+
+
+def test_success_event(hook):
+    task_id = hook.submit_task(task_params("trig"))
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02, carry={"x": 1}))
+    assert event == {"status": "success", "task_id": task_id, "task_status": "done",
+                     "message": f"PanDA task {task_id} is done", "carry": {"x": 1}}
+
+
+def test_failure_event(hook, panda_server):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["exhausted"], "trigfail"))
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02))
+    assert event["status"] == "failure" and event["task_status"] == "exhausted"
+
+
+def test_timeout_event(hook, panda_server):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "trigtmo"))
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02, end_time=time.time() + 0.5))
+    assert event["status"] == "timeout" and event["task_status"] == "running"
+
+
+def test_stale_status_does_not_end_the_wait(hook, panda_server):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "trigstale"))
+    wait_status(hook, task_id, {"failed"})
+    panda_server.sim.clock.freeze(True)  # the retry is registered but JEDI has not acted yet
+    try:
+        hook.retry_task(task_id)
+        panda_server.sim.force(task_id, status="failed")
+
+        async def scenario():
+            waiting = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=0.02,
+                                                                         stale_status="failed")))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # still "failed": the stale status is not the retry's outcome
+            panda_server.sim.force(task_id, status="running")
+            panda_server.sim.clock.freeze(False)
+            return await asyncio.wait_for(waiting, 10)
+
+        event = asyncio.run(scenario())
+    finally:
+        panda_server.sim.clock.freeze(False)
+    assert event["status"] == "success"
+
+
+def test_transient_failures_keep_the_trigger_waiting(hook, panda_server, conn_env):
+    conn_env(max_retries=0)
+    task_id = hook.submit_task(task_params("trigflaky"))
+    panda_server.panda.faults.extend(["503", "500", "502"])
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02))
+    assert event["status"] == "success" and not panda_server.panda.faults
+
+
+def test_auth_failure_is_an_error_event(hook, panda_server, monkeypatch):
+    import json
+
+    conn = panda_server.connection()
+    conn["password"] = "bad.token.value"
+    monkeypatch.setenv("AIRFLOW_CONN_PANDA_DEFAULT", json.dumps(conn))
+    event = run(PandaTaskTrigger(1, poll_interval=0.02))
+    assert event["status"] == "error" and "Token authentication failed" in event["message"]
+
+
+def test_no_blocking_http_on_the_event_loop(hook, monkeypatch):
+    import requests
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("synchronous HTTP from the trigger")
+
+    task_id = hook.submit_task(task_params("trignoblock"))
+    monkeypatch.setattr(requests.Session, "send", refuse)
+    assert run(PandaTaskTrigger(task_id, poll_interval=0.02))["status"] == "success"
+
+
+def test_on_kill_kills_the_panda_task(hook, panda_server):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "trigkill"))
+    wait_status(hook, task_id, {"running"})
+    asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=False).on_kill())
+    assert hook.get_task_status(task_id) == "running"
+    asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())
+    assert wait_status(hook, task_id, {"aborted"}) == "aborted"
+    asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())  # already aborted: no error
