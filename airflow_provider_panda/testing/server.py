@@ -33,6 +33,15 @@ from airflow_provider_panda import api
 from airflow_provider_panda.testing.sim import PandaSim, User
 
 DEFAULT_VO = "atlas"
+#: How attempts end for task names carrying a tag (the example DAGs use them); others end done.
+DEMO_RULES: list[tuple[str, list[str]]] = [
+    (r"\.flaky\.", ["failed", "done"]),
+    (r"\.failing\.", ["failed"]),
+    (r"\.broken\.", ["broken"]),
+    (r"\.exhausted\.", ["exhausted", "done"]),
+    (r"\.lost\.", ["finished", "done"]),
+    (r"\.slow\.", ["hang"]),
+]
 PROD_ROLE = "production"
 DEFAULT_USERS = {
     "user": User("alice analyst", "alice", [DEFAULT_VO]),
@@ -311,6 +320,7 @@ class LocalPandaApp:
             Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
             Route("/cache/{path:path}", self.cache_file, methods=["GET"]),
+            Route("/monitor/task/{task_id:int}/", self.monitor_task, methods=["GET"]),
             Route("/_control/{action}", self.control, methods=["GET", "POST"]),
             Route("/_control/tasks/{task_id:int}", self.control_task, methods=["GET", "POST"]),
         ])
@@ -436,6 +446,26 @@ class LocalPandaApp:
             return Response("not found", 404, media_type="text/plain")
         return Response(content, 200, media_type="application/octet-stream")
 
+    async def monitor_task(self, request: Request) -> Response:
+        """A bare stand-in for the BigPanDA task page, so monitor links work offline."""
+        from html import escape
+
+        task_id = request.path_params["task_id"]
+        with self.sim.lock:
+            self.sim.advance()
+            task = self.sim.tasks.get(task_id)
+            if task is None:
+                return Response(f"<h1>Task {task_id} not found</h1>", 404, media_type="text/html")
+            rows = "".join(
+                f"<tr><td>{j}</td><td>{escape(self.sim.jobs[j].status)}</td><td>{self.sim.jobs[j].attempt}</td>"
+                f"<td>{escape(str(self.sim.jobs[j].error.get('pilotErrorDiag') or ''))}</td></tr>"
+                for j in task.job_ids)
+            html = (f"<html><head><title>PanDA task {task_id}</title></head><body>"
+                    f"<h1>Task {task_id}: {escape(task.status)}</h1><p>{escape(task.name)} (owner "
+                    f"{escape(task.owner)}, attempt {task.attempt})</p><table border=1><tr><th>PandaID</th>"
+                    f"<th>status</th><th>attempt</th><th>error</th></tr>{rows}</table></body></html>")
+        return Response(html, 200, media_type="text/html")
+
     # --- control ------------------------------------------------------------------------------
 
     async def control(self, request: Request) -> Response:
@@ -513,7 +543,7 @@ class LocalPandaServer:
     def __init__(self, port: int = 0, host: str = "127.0.0.1", step: float = 0.5,
                  rules: list[tuple[str, list[str]]] | None = None, token_lifetime: float = 3600.0) -> None:
         self.host = host
-        self.sim = PandaSim(step=step, rules=rules)
+        self.sim = PandaSim(step=step, rules=DEMO_RULES if rules is None else rules)
         self.issuer = TokenIssuer("local-panda", token_lifetime)
         self.panda = LocalPandaApp(self.sim, self.issuer)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -583,11 +613,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", type=float, default=1.0, help="seconds per task status step")
     parser.add_argument("--rule", action="append", type=_parse_rule, default=[],
                         help="PATTERN=OUTCOMES: task names matching PATTERN end each attempt with the "
-                             "next outcome (done, finished, failed, broken, exhausted, hang)")
+                             "next outcome (done, finished, failed, broken, exhausted, hang); "
+                             "checked before the built-in tags .flaky. .failing. .broken. .exhausted. "
+                             ".lost. .slow.")
     parser.add_argument("--user", default="user", choices=sorted(DEFAULT_USERS),
                         help="identity of the printed connection ('prod' has the production role)")
     args = parser.parse_args(argv)
-    server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule).start()
+    server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule + DEMO_RULES).start()
     print(server.connection_uri_env(args.user), flush=True)
     try:
         while True:

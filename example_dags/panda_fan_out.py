@@ -1,0 +1,50 @@
+"""Dynamic task mapping: submit dozens of PanDA tasks in one run and wait on all of them deferred.
+
+``make_task_params`` builds one task description per item (here: a scan over a parameter), and
+``SubmitTaskOperator.partial(...).expand(task_params=...)`` submits each and waits in the
+triggerer, so no worker slot is held while PanDA works. Set ``n_tasks`` when triggering.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from _common import PARAMS, POLL_INTERVAL
+from airflow.sdk import DAG, task
+
+from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+with DAG(
+    dag_id="panda_fan_out",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params={**PARAMS, "n_tasks": 24},
+    max_active_tasks=64,
+    tags=["panda", "example"],
+    doc_md=__doc__,
+):
+
+    @task
+    def make_task_params(params: dict | None = None, ts_nodash: str | None = None) -> list[dict]:
+        """One no-input task per scan point, each with its own unique name."""
+        tasks = []
+        for point in range(int(params["n_tasks"])):
+            name = f"user.{params['user']}.airflow.fan_out.{params['tag']}.{ts_nodash}.p{point:03d}"
+            tasks.append({
+                "taskName": name, "uniqueTaskName": True, "vo": params["vo"], "prodSourceLabel": "user",
+                "taskType": "anal", "processingType": "panda-client-test", "transUses": "", "transHome": None,
+                "transPath": "https://pandaserver.cern.ch/trf/user/runGen-00-00-02", "architecture": "",
+                "coreCount": 1, "ramCount": 2000, "walltime": 600, "noInput": True, "nEvents": 5,
+                "nEventsPerJob": 5, "site": params["site"], "cloud": "WORLD", "maxAttempt": 1,
+                "jobParameters": [{"type": "constant", "value": f"echo scan point {point}"}],
+                "log": {"type": "template", "param_type": "log", "dataset": f"{name}.log/",
+                        "value": f"{name}.log.${{SN}}.tgz"},
+            })
+        return tasks
+
+    SubmitTaskOperator.partial(
+        task_id="submit",
+        deferrable=True,
+        poll_interval=POLL_INTERVAL,
+    ).expand(task_params=make_task_params())

@@ -1,0 +1,45 @@
+"""Submit a PanDA task from a JSON template, wait for it (deferrable), then read its jobs' metadata.
+
+The main example: ``submit`` renders ``panda_task.json`` (task name unique per run), submits it and
+waits in the triggerer until the task is ``done``; its XCom is the jediTaskID and its "PanDA
+monitor" link opens the task in the monitor. ``summarise`` reads the job metadata
+(``get_user_job_metadata``). Trigger with ``{"tag": "failing"}`` on the local server to see a failure.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from _common import PARAMS, POLL_INTERVAL
+from airflow.sdk import DAG, task
+
+from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+with DAG(
+    dag_id="panda_submit_and_wait",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    params=PARAMS,
+    tags=["panda", "example"],
+    doc_md=__doc__,
+):
+    submit = SubmitTaskOperator(
+        task_id="submit",
+        task_params="panda_task.json",
+        deferrable=True,
+        poll_interval=POLL_INTERVAL,
+    )
+
+    @task
+    def summarise(jedi_task_id: int) -> dict:
+        """Count the finished jobs and the events they processed, from PanDA's job metadata."""
+        from airflow_provider_panda.hooks.panda import PandaHook
+
+        metadata = PandaHook().get_user_job_metadata(int(jedi_task_id))
+        summary = {"jedi_task_id": int(jedi_task_id), "finished_jobs": len(metadata),
+                   "events": sum(int(m.get("nEvents", 0)) for m in metadata.values() if isinstance(m, dict))}
+        print(f"PanDA task {jedi_task_id}: {summary['finished_jobs']} finished jobs, {summary['events']} events")
+        return summary
+
+    summarise(submit.output)
