@@ -148,10 +148,8 @@ def _mask(secret: str | None) -> None:
     """Register a secret with Airflow's masker so no log line shows it."""
     if not secret:
         return
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow < 3.1
-        from airflow.sdk.execution_time.secrets_masker import mask_secret
+    from airflow_provider_panda._compat import mask_secret
+
     mask_secret(secret)
 
 

@@ -27,11 +27,11 @@ MAX_ERROR_TEXT = 500
 USER_AGENT = "airflow-provider-panda"
 
 
-def prepare(call: Call, cfg: PandaConnectionConfig) -> dict[str, Any]:
+def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests") -> dict[str, Any]:
     """Method, URL, headers and body of a call; raises on unusable credentials before sending."""
     endpoint = call.endpoint
     base = cfg.upload_base_url if call.cache else cfg.base_url
-    headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+    headers = {"Accept": "application/json", "User-Agent": f"{USER_AGENT} ({client})"}
     request: dict[str, Any] = {"method": endpoint.method, "url": base + endpoint.path, "headers": headers}
     if endpoint.secure:
         if cfg.auth == "none":

@@ -26,11 +26,12 @@ with DAG(
 ):
 
     @task
-    def make_task_params(params: dict | None = None, ts_nodash: str | None = None) -> list[dict]:
-        """One no-input task per scan point, each with its own unique name."""
+    def make_task_params(params: dict | None = None, dag_run=None) -> list[dict]:
+        """One no-input task per scan point, each with its own name, unique per run."""
+        run = dag_run.run_after.strftime("%Y%m%dT%H%M%S%f")
         tasks = []
         for point in range(int(params["n_tasks"])):
-            name = f"user.{params['user']}.airflow.fan_out.{params['tag']}.{ts_nodash}.p{point:03d}"
+            name = f"user.{params['user']}.airflow.fan_out.{params['tag']}.{run}.p{point:03d}"
             tasks.append({
                 "taskName": name, "uniqueTaskName": True, "vo": params["vo"], "prodSourceLabel": "user",
                 "taskType": "anal", "processingType": "panda-client-test", "transUses": "", "transHome": None,

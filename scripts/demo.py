@@ -35,6 +35,8 @@ def main() -> int:
     if not (DEMO / "airflow" / "airflow.db").exists():
         print("Setting up Airflow's metadata database in .demo/airflow ...", flush=True)
         subprocess.run(airflow + ["db", "migrate"], env=env, check=True, capture_output=True)
+    # Airflow 3.0's `dags test` reads DAGs from the database only: serialise the examples first.
+    subprocess.run(airflow + ["dags", "reserialize"], env=env, check=True, capture_output=True)
 
     with LocalPandaServer(step=1.0) as server:
         env["AIRFLOW_CONN_PANDA_DEFAULT"] = server.connection_uri_env()

@@ -27,6 +27,8 @@ def airflow_env(tmp_path_factory):
         "PANDA_EXAMPLE_TIMEOUT": "1",
     })
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    # Airflow 3.0's `dags test` reads DAGs from the database only: serialise them first.
+    subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
     return env
 
 

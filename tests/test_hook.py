@@ -100,7 +100,7 @@ def test_resubmitting_a_finished_name_reexecutes_it_loudly(hook, capsys):
     capsys.readouterr()
     assert hook.submit_task(params) == task_id
     out = "".join(capsys.readouterr())
-    assert "warning" in out and "re-executes the existing task" in out
+    assert "warning" in out.lower() and "re-executes the existing task" in out
 
 
 def test_submission_without_unique_name_is_never_deduplicated(hook):

@@ -29,7 +29,7 @@ def run(trigger: PandaTaskTrigger) -> dict:
 def test_serialise_round_trip():
     from airflow.sdk.module_loading import import_string
 
-    trigger = PandaTaskTrigger(task_id=7, panda_conn_id="c", poll_interval=2.5, success_statuses=["done", "finished"],
+    trigger = PandaTaskTrigger(jedi_task_id=7, panda_conn_id="c", poll_interval=2.5, success_statuses=["done", "finished"],
                                failure_statuses=["failed"], end_time=123.0, cancel_on_kill=False,
                                stale_status="failed", carry={"retries_done": 1})
     classpath, kwargs = trigger.serialize()
@@ -43,7 +43,7 @@ def test_serialise_round_trip():
 def test_success_event(hook):
     task_id = hook.submit_task(task_params("trig"))
     event = run(PandaTaskTrigger(task_id, poll_interval=0.02, carry={"x": 1}))
-    assert event == {"status": "success", "task_id": task_id, "task_status": "done",
+    assert event == {"status": "success", "jedi_task_id": task_id, "task_status": "done",
                      "message": f"PanDA task {task_id} is done", "carry": {"x": 1}}
 
 

@@ -8,6 +8,7 @@ retried with backoff and jitter; a submission only when a repeat is answered as 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import struct
@@ -16,9 +17,8 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_panda import api, calls, transport
+from airflow_provider_panda._compat import BaseHook, aget_connection
 from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
@@ -271,6 +271,23 @@ def decode_token_claims(token: str) -> dict[str, Any]:
     return claims
 
 
+@functools.lru_cache(maxsize=16)
+def _ssl_context(ca_path: str | None, proxy: str | None) -> Any:
+    """Building an SSL context reads the CA store (tens of ms): do it once per process and settings,
+    not once per trigger on the triggerer's event loop."""
+    import ssl
+
+    if ca_path is None:
+        ctx = ssl.create_default_context()
+    elif os.path.isdir(ca_path):
+        ctx = ssl.create_default_context(capath=ca_path)
+    else:
+        ctx = ssl.create_default_context(cafile=ca_path)
+    if proxy:
+        ctx.load_cert_chain(proxy, proxy)
+    return ctx
+
+
 class AsyncPandaClient:
     """The async twin of :class:`PandaHook` for triggers: same calls, same retries, httpx."""
 
@@ -281,24 +298,18 @@ class AsyncPandaClient:
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
-        conn = await BaseHook.aget_connection(conn_id)
+        conn = await aget_connection(conn_id)
         return cls(config_from_connection(conn), log)
 
     def _ssl(self) -> Any:
-        import ssl
-
+        """TLS settings for httpx: none for plain http, else one cached SSL context per settings."""
         cfg = self.config
+        if not cfg.base_url.startswith("https://") and not (cfg.cache_url or "").startswith("https://"):
+            return False
         if cfg.verify is False:
             return False
-        if isinstance(cfg.verify, str):
-            ctx = ssl.create_default_context(**({"capath": cfg.verify} if os.path.isdir(cfg.verify)
-                                                else {"cafile": cfg.verify}))
-        else:
-            ctx = ssl.create_default_context()
-        if cfg.auth == "x509":
-            proxy = cfg.check_proxy()
-            ctx.load_cert_chain(proxy, proxy)
-        return ctx
+        return _ssl_context(cfg.verify if isinstance(cfg.verify, str) else None,
+                            cfg.check_proxy() if cfg.auth == "x509" else None)
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -316,7 +327,7 @@ class AsyncPandaClient:
     async def _send(self, call: Call) -> dict[str, Any]:
         import httpx
 
-        request = transport.prepare(call, self.config)
+        request = transport.prepare(call, self.config, client="httpx")
         request.pop("cert", None)  # carried by the SSL context
         try:
             response = await self.client.request(**request)

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from airflow_provider_panda import api
+from airflow_provider_panda._compat import conf
 from airflow_provider_panda.calls import check_id, check_task_params, finite
 from airflow_provider_panda.exceptions import (
     PandaCommandRejected,
@@ -112,7 +113,7 @@ class _PandaTaskWaiter(BaseOperator):
 
             self.defer(
                 trigger=PandaTaskTrigger(
-                    task_id=task_id, panda_conn_id=self.panda_conn_id, poll_interval=self.poll_interval,
+                    jedi_task_id=task_id, panda_conn_id=self.panda_conn_id, poll_interval=self.poll_interval,
                     success_statuses=spec.success, failure_statuses=spec.failure, end_time=end_time,
                     cancel_on_kill=self.cancel_on_kill, stale_status=stale_status,
                     carry={"end_time": end_time, **resume},
@@ -135,7 +136,7 @@ class _PandaTaskWaiter(BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any], end_time: float | None = None,
                          **resume: Any) -> Any:
         """Resume after the trigger fired; the state the trigger carried wins over method kwargs."""
-        task_id = int(event["task_id"])
+        task_id = int(event["jedi_task_id"])
         self._jedi_task_id = task_id
         state = {"end_time": end_time, **resume, **(event.get("carry") or {})}
         if event["status"] == ERROR:

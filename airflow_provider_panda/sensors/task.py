@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, conf
+from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_panda import api
+from airflow_provider_panda._compat import conf
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError, PandaTaskFailedError
 from airflow_provider_panda.links import PandaTaskLink
 from airflow_provider_panda.operators.task import as_task_id
@@ -91,7 +92,7 @@ class TaskStatusSensor(BaseSensorOperator):
 
         task_id = as_task_id(self.jedi_task_id)
         self.defer(
-            trigger=PandaTaskTrigger(task_id=task_id, panda_conn_id=self.panda_conn_id,
+            trigger=PandaTaskTrigger(jedi_task_id=task_id, panda_conn_id=self.panda_conn_id,
                                      poll_interval=self.poke_interval, success_statuses=self.spec.success,
                                      failure_statuses=self.spec.failure, end_time=time.time() + self.timeout,
                                      cancel_on_kill=False),
@@ -99,7 +100,7 @@ class TaskStatusSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
-        task_id, status = int(event["task_id"]), event.get("task_status")
+        task_id, status = int(event["jedi_task_id"]), event.get("task_status")
         if event["status"] == SUCCESS:
             self.log.info("PanDA task %s reached %s", task_id, status)
             return

@@ -313,6 +313,7 @@ class LocalPandaApp:
         self.handlers = Handlers(sim, base_url)
         self.users: dict[str, User] = dict(DEFAULT_USERS)
         self.requests: Counter[str] = Counter()
+        self.clients: Counter[str] = Counter()  # API requests per User-Agent
         #: Faults for the next API requests, one each: "500" (answer 500 without acting),
         #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s).
         self.faults: deque[str] = deque()
@@ -392,6 +393,7 @@ class LocalPandaApp:
         endpoint = SERVED.get(f"{module}/{method}") if version in ("v1", "latest") else None
         handler = getattr(self.handlers, HANDLER_NAMES.get(endpoint.name, method), None) if endpoint else None
         self.requests[f"{module}/{method}"] += 1
+        self.clients[request.headers.get("user-agent", "")] += 1
         if handler is None:
             return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
         fault = self.faults.popleft() if self.faults else ""
@@ -505,7 +507,7 @@ class LocalPandaApp:
             self.faults.extend(str(f) for f in body.get("faults", []))
             return JSONResponse({"pending": len(self.faults)})
         if action == "requests":
-            return JSONResponse(dict(self.requests))
+            return JSONResponse({"by_call": dict(self.requests), "by_client": dict(self.clients)})
         if action == "recoveries":
             return JSONResponse(self.sim.recovery_requests)
         return JSONResponse({"error": f"unknown control action {action}"}, 404)

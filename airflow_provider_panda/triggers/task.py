@@ -18,9 +18,9 @@ from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, Tas
 class PandaTaskTrigger(BaseTrigger):
     """Wait, without blocking the event loop, until a PanDA task reaches a status that ends the wait.
 
-    Fires one event ``{"status": success|failure|timeout|error, "task_id", "task_status", "message", "carry"}``.
+    Fires one event ``{"status": success|failure|timeout|error, "jedi_task_id", "task_status", "message", "carry"}``.
 
-    :param task_id: the jediTaskID.
+    :param jedi_task_id: the jediTaskID (not ``task_id``: the triggerer sets that kwarg to the Airflow task's id).
     :param panda_conn_id: the Airflow connection of the server.
     :param poll_interval: seconds between status reads.
     :param success_statuses: statuses that end the wait well.
@@ -34,7 +34,7 @@ class PandaTaskTrigger(BaseTrigger):
 
     def __init__(
         self,
-        task_id: int,
+        jedi_task_id: int,
         panda_conn_id: str = "panda_default",
         poll_interval: float = 60.0,
         success_statuses: tuple[str, ...] | list[str] = api.TASK_DEFAULT_SUCCESS,
@@ -45,7 +45,7 @@ class PandaTaskTrigger(BaseTrigger):
         carry: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.task_id = int(task_id)
+        self.jedi_task_id = int(jedi_task_id)
         self.panda_conn_id = panda_conn_id
         self.poll_interval = float(poll_interval)
         self.success_statuses = tuple(success_statuses)
@@ -59,7 +59,7 @@ class PandaTaskTrigger(BaseTrigger):
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "task_id": self.task_id,
+                "jedi_task_id": self.jedi_task_id,
                 "panda_conn_id": self.panda_conn_id,
                 "poll_interval": self.poll_interval,
                 "success_statuses": list(self.success_statuses),
@@ -72,14 +72,14 @@ class PandaTaskTrigger(BaseTrigger):
         )
 
     def _event(self, status: str, task_status: str | None, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": status, "task_id": self.task_id, "task_status": task_status,
+        return TriggerEvent({"status": status, "jedi_task_id": self.jedi_task_id, "task_status": task_status,
                              "message": message, "carry": self.carry})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_provider_panda.hooks.panda import AsyncPandaClient
 
         spec = WaitSpec.build(self.success_statuses, self.failure_statuses)
-        watch = TaskWatch(self.task_id, spec, self.log, stale_status=self.stale_status)
+        watch = TaskWatch(self.jedi_task_id, spec, self.log, stale_status=self.stale_status)
         try:
             client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         except PandaError as exc:
@@ -89,27 +89,27 @@ class PandaTaskTrigger(BaseTrigger):
             while True:
                 try:
                     try:
-                        status: str | None = await client.get_task_status(self.task_id)
+                        status: str | None = await client.get_task_status(self.jedi_task_id)
                     except PandaNotFoundError:
                         status = None
                     verdict = watch.observe(status)
                     if watch.changed and status is not None:
-                        watch.log_jobs(await client.get_task_jobs(self.task_id))
+                        watch.log_jobs(await client.get_task_jobs(self.jedi_task_id))
                 except PandaError as exc:
                     if not is_transient(exc):
                         yield self._event(ERROR, watch.last_status, str(exc))
                         return
-                    self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.task_id, exc)
+                    self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
                     verdict = None
                 if verdict in (SUCCESS, FAILURE):
-                    yield self._event(verdict, status, f"PanDA task {self.task_id} is {status}")
+                    yield self._event(verdict, status, f"PanDA task {self.jedi_task_id} is {status}")
                     return
                 if verdict == ERROR:
-                    yield self._event(ERROR, None, f"PanDA task {self.task_id} is not known to the server")
+                    yield self._event(ERROR, None, f"PanDA task {self.jedi_task_id} is not known to the server")
                     return
                 if self.end_time is not None and time.time() >= self.end_time:
                     yield self._event(TIMEOUT, watch.last_status,
-                                      f"PanDA task {self.task_id} still {watch.last_status} at the timeout")
+                                      f"PanDA task {self.jedi_task_id} still {watch.last_status} at the timeout")
                     return
                 await asyncio.sleep(self.poll_interval)
         finally:
@@ -123,9 +123,9 @@ class PandaTaskTrigger(BaseTrigger):
 
         client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         try:
-            self.log.info("Killing PanDA task %s because its Airflow task was killed", self.task_id)
-            await client.kill_task(self.task_id)
+            self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
+            await client.kill_task(self.jedi_task_id)
         except PandaCommandRejected as exc:
-            self.log.info("PanDA task %s not killed: %s", self.task_id, exc.server_message)
+            self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
