@@ -1,0 +1,455 @@
+"""Start the real PanDA server (panda-server 1.0.4 from PyPI) with JEDI and its daemons on 127.0.0.1.
+
+    python -m integration.real_panda.harness up      # install what is missing, start, wait until ready
+    python -m integration.real_panda.harness down    # stop everything it started (by PID)
+    python -m integration.real_panda.harness status
+
+Pieces: a private PostgreSQL 15 cluster loaded with PanDA's own schema (``../shared/panda-database``,
+else a clone of PanDAWMS/panda-database), panda-server in its own virtualenv under gunicorn behind
+a small WSGI wrapper standing in for Apache's identity handling, JEDI, and the server daemons.
+Idempotent: a second ``up`` reuses what is installed and running. Everything lives in
+``.real_panda/`` (or $REAL_PANDA_DIR). Facts and fixes: ../shared/real-panda-server.md.
+Needs root (apt packages, the postgres user); about a minute from nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+STATE_DIR = Path(os.environ.get("REAL_PANDA_DIR", REPO / ".real_panda"))
+VENV = STATE_DIR / "venv"
+PANDA_HOME = STATE_DIR / "home"
+PG_DATA = STATE_DIR / "pgdata"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+STATE_FILE = STATE_DIR / "state.json"
+DB_PASSWORD = "panda-local"
+PANDA_SERVER = "panda-server==1.0.4"
+SCHEMA_DIRS = [REPO.parent / "shared" / "panda-database" / "sqls"]
+SCHEMA_REPO = "https://github.com/PanDAWMS/panda-database"
+COMPONENTS = ("PANDA", "PANDAMETA", "PANDAARCH", "PANDABIGMON", "DEFT")
+KINDS = ("TABLE", "VIEW", "TYPE", "SEQUENCE", "FUNCTION", "TRIGGER", "SCHEDULER_JOBS", "PROCEDURE")
+SITE = "TEST_SITE"
+#: Users JEDI must know (name as the server derives it from the token, see wsgi_wrapper.py).
+USERS = [("Alice Analyst", "alice"), ("Bob Other", "bob"), ("Paula Production", "paula")]
+QUEUE = {"type": "unified", "status": "online", "cloud": "WORLD", "nickname": SITE, "catchall": "allow_no_pilot",
+         "corecount": 1, "capability": "ucore", "maxwdir": 100000, "space": 100000, "ddm": "LOCAL_DISK",
+         "jobseed": "std", "is_cvmfs": True, "vo_name": "wlcg", "pilot_manager": "local", "resource_type": "SCORE",
+         "maxtime": 0, "mintime": 0, "maxrss": 0, "minrss": 0, "memory": 0}
+TASK_STATUSES_SEED = ("registered", "defined", "ready", "scouting", "running", "paused", "throttled", "pending",
+                      "assigning", "scouted", "prepared", "finishing", "toretry", "toincexec", "rerefine",
+                      "aborting", "tobroken", "exhausted", "done", "finished", "failed", "aborted", "broken",
+                      "staging", "submitting")
+
+
+def log(message: str) -> None:
+    print(f"[real-panda] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("check", True)
+    return subprocess.run(cmd, **kwargs)
+
+
+def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd], **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_state() -> dict:
+    return json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
+
+
+def save_state(state: dict) -> None:
+    STATE_FILE.write_text(json.dumps(state, indent=1))
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+# --- install ------------------------------------------------------------------------------------
+
+
+def install_system_packages() -> None:
+    if (Path("/usr/share/postgresql/15/extension/pg_cron.control").exists()
+            and Path("/usr/share/postgresql/15/extension/pg_partman.control").exists()):
+        return
+    log("installing postgresql-15-cron and postgresql-15-partman")
+    run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
+    run(["apt-get", "install", "-y", "-qq", "postgresql-15-cron", "postgresql-15-partman"],
+        stdout=subprocess.DEVNULL, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def site_packages() -> Path:
+    return next((VENV / "lib").glob("python3*/site-packages"))
+
+
+def install_panda_server() -> None:
+    if (VENV / ".installed").exists():
+        return
+    log(f"installing {PANDA_SERVER} in {VENV}")
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "venv", str(VENV)])
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    # Its build hook looks up the user atlpan when run as root: build with a non-root group.
+    os.chmod(STATE_DIR, 0o777)
+    run(["setpriv", "--regid=65534", "--clear-groups", *pip, "--no-deps", PANDA_SERVER],
+        env={**os.environ, "HOME": str(STATE_DIR)})
+    # Its dependencies, less mod_wsgi (needs Apache's apxs), plus a database driver and gunicorn.
+    deps = ["panda-common>=0.1.9", "panda-client-light>=1.5.55", "pyOpenSSL", "python-daemon", "stomp.py", "pyyaml",
+            "pyjwt", "polars", "requests", "psutil>=5.4.8", "idds-common", "idds-client", "idds-workflow>=1.1.0",
+            "idds-doma", "idds-atlas", "ruamel.yaml", "cwl-utils>=0.13", "packaging", "snakemake>=9.14.5", "numpy",
+            "scipy", "werkzeug", "bs4", "psycopg2-binary", "gunicorn"]
+    run([*pip, *deps])
+    patch_installed_server()
+    (VENV / ".installed").touch()
+
+
+def patch_installed_server() -> None:
+    """Fix 5: PostgreSQL 15 needs an alias on the subquery of get_task_failure_metrics (used by retry)."""
+    path = site_packages() / "pandaserver" / "taskbuffer" / "db_proxy_mods" / "metrics_module.py"
+    text = path.read_text()
+    start = text.index("def get_task_failure_metrics")
+    closing = text.index('f")"\n', text.index('f"FROM ("', start))
+    if text[closing:closing + 12] != 'f") t_sub"\n':
+        text = text[:closing] + 'f") t_sub"' + text[closing + len('f")"'):]
+        path.write_text(text)
+
+
+# --- database -----------------------------------------------------------------------------------
+
+
+def schema_dir() -> Path:
+    for folder in SCHEMA_DIRS:
+        if (folder / "init_step.sql").exists():
+            return folder
+    clone = STATE_DIR / "panda-database"
+    if not clone.exists():
+        log(f"cloning {SCHEMA_REPO}")
+        run(["git", "clone", "--depth", "1", SCHEMA_REPO, str(clone)])
+    return clone / "schema" / "postgres" / "sqls"
+
+
+def psql(port: int, db: str, *args: str, user: str = "postgres", **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PGOPTIONS": "-c client_min_messages=warning"}
+    return run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", db, "-v", "ON_ERROR_STOP=1", "-q",
+                *args], stdout=subprocess.DEVNULL, env=env, **kwargs)
+
+
+def start_postgres(state: dict) -> int:
+    port = state.get("pg_port") or free_port()
+    fresh = not (PG_DATA / "PG_VERSION").exists()
+    if fresh:
+        log("creating a private PostgreSQL cluster")
+        PG_DATA.mkdir(parents=True, exist_ok=True)
+        shutil.chown(PG_DATA, "postgres", "postgres")
+        as_postgres([str(PG_BIN / "initdb"), "-D", str(PG_DATA), "-A", "trust", "-U", "postgres"],
+                    stdout=subprocess.DEVNULL)
+        with open(PG_DATA / "postgresql.conf", "a") as conf:
+            conf.write(f"""
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{PG_DATA}'
+max_connections = 200
+shared_preload_libraries = 'pg_cron, pg_partman_bgw'
+cron.database_name = 'postgres'
+cron.host = '127.0.0.1'
+pg_partman_bgw.dbname = 'panda_db'
+pg_partman_bgw.interval = 3600
+fsync = off
+synchronous_commit = off
+""")
+    if not (PG_DATA / "postmaster.pid").exists():
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PG_DATA), "-l", str(PG_DATA / "server.log"), "-w", "start"],
+                    stdout=subprocess.DEVNULL)
+    state["pg_port"] = port
+    save_state(state)
+    if fresh or not state.get("schema_loaded"):
+        load_schema(port)
+        state["schema_loaded"] = True
+        save_state(state)
+    return port
+
+
+def load_schema(port: int) -> None:
+    sqls = schema_dir()
+    log(f"loading PanDA's schema from {sqls}")
+    work = STATE_DIR / "sql"
+    work.mkdir(exist_ok=True)
+    init = (sqls / "init_step.sql").read_text().replace("${PANDA_DB_PASSWORD}", DB_PASSWORD)
+    (work / "init_step.sql").write_text(init)
+    psql(port, "postgres", "-f", str(work / "init_step.sql"))
+    version = (sqls.parent / "version").read_text().strip() if (sqls.parent / "version").exists() else "0.1.6"
+    for component in COMPONENTS:
+        for kind in KINDS:
+            path = sqls / f"pg_{component}_{kind}.sql"
+            if not path.exists():
+                continue
+            psql(port, "panda_db", "-f", str(path))
+            if (component, kind) == ("PANDA", "TABLE"):
+                # Fix 1: the scheduler jobs need worker_node_queue, which only a patch creates.
+                patch = (sqls / "patches" / "0.0.31.patch.sql").read_text()
+                table = re.search(r"CREATE TABLE IF NOT EXISTS doma_panda\.worker_node_queue.*?\);\s*ALTER TABLE"
+                                  r" doma_panda\.worker_node_queue OWNER TO panda;", patch, re.S)
+                (work / "wnq.sql").write_text(table.group(0))
+                psql(port, "panda_db", "-f", str(work / "wnq.sql"))
+    # Fix 2: Debian's pg_partman 4.7 knows 'native', not 'range'.
+    (work / "partition.sql").write_text((sqls / "pg_PARTITION.sql").read_text().replace("'range'", "'native'"))
+    psql(port, "panda_db", "-f", str(work / "partition.sql"))
+    major, minor, patch_nr = (int(x) for x in version.split(".")[:3])
+    psql(port, "panda_db", "-c", "INSERT INTO doma_panda.pandadb_version (component, major, minor, patch) "
+         f"VALUES ('PanDA', {major}, {minor}, {patch_nr}) ON CONFLICT DO NOTHING")
+    psql(port, "panda_db", "-f", str(sqls / "post_step_panda.sql"))
+    psql(port, "postgres", "-f", str(sqls / "post_step_cron.sql"))
+    # Fix 3: pg_cron jobs are stored with an empty nodename.
+    psql(port, "postgres", "-c", "UPDATE cron.job SET nodename='127.0.0.1'")
+    seed(port)
+
+
+def seed(port: int) -> None:
+    """Fixes 4 and 6: JEDI's min-task-id table, the test users, and one queue."""
+    rows = ",".join(f"('{s}', 0)" for s in TASK_STATUSES_SEED)
+    psql(port, "panda_db", "-c", f"INSERT INTO doma_panda.jedi_aux_status_mintaskid (status, min_jeditaskid) "
+         f"VALUES {rows} ON CONFLICT DO NOTHING")
+    for index, (name, nick) in enumerate(USERS, start=1):
+        psql(port, "panda_db", "-c", f"INSERT INTO doma_pandameta.users (id, name, dn, status) VALUES "
+             f"({index}, '{name}', '{name}/CN=nickname:{nick}', 'ok') ON CONFLICT DO NOTHING")
+    queue = json.dumps(QUEUE).replace("'", "''")
+    psql(port, "panda_db", "-c", "INSERT INTO doma_panda.schedconfig_json (panda_queue, data, last_update) "
+         f"VALUES ('{SITE}', '{queue}', now()) ON CONFLICT DO NOTHING")
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def set_keys(text: str, section: str, values: dict[str, str]) -> str:
+    """Replace (or add) ``key = value`` lines inside one [section] of an ini-like template."""
+    lines = text.splitlines()
+    out, current, seen, replacing = [], None, set(), False
+    for line in lines:
+        if replacing and line[:1] in (" ", "\t") and line.strip():
+            continue  # a continuation line of a multi-line value we replaced
+        replacing = False
+        header = re.match(r"^\[(\w+)\]", line)
+        if header:
+            if current == section:
+                out.extend(f"{k} = {v}" for k, v in values.items() if k not in seen)
+            current = header.group(1)
+        key = re.match(r"^\s*([\w.]+)\s*=", line)
+        if current == section and key and key.group(1) in values and not line.lstrip().startswith("#"):
+            out.append(f"{key.group(1)} = {values[key.group(1)]}")
+            seen.add(key.group(1))
+            replacing = True
+            continue
+        out.append(line)
+    if current == section:
+        out.extend(f"{k} = {v}" for k, v in values.items() if k not in seen)
+    elif section not in {m for m in re.findall(r"^\[(\w+)\]", text, re.M)}:
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {v}" for k, v in values.items())
+    return "\n".join(out) + "\n"
+
+
+def configure(state: dict) -> None:
+    etc = PANDA_HOME / "etc" / "panda"
+    etc.mkdir(parents=True, exist_ok=True)
+    logs = STATE_DIR / "log"
+    (logs / "pandacache" / "jedilog").mkdir(parents=True, exist_ok=True)
+    templates = VENV / "etc" / "panda"
+    port, pg = state["server_port"], state["pg_port"]
+    purelib = site_packages()
+    db = {"dbhost": "127.0.0.1", "dbport": str(pg), "dbuser": "panda", "dbpasswd": DB_PASSWORD, "dbname": "panda_db",
+          "backend": "postgres"}
+    common = (templates / "panda_common.cfg.rpmnew").read_text()
+    common = set_keys(common, "logger", {"logdir": str(logs)})
+    (etc / "panda_common.cfg").write_text(common)
+    server = (templates / "panda_server.cfg.rpmnew").read_text()
+    server = server.replace("@@virtual_env@@", str(VENV)).replace("@@install_purelib@@", str(purelib))
+    server = set_keys(server, "server", {
+        **db, "logdir": str(logs), "cache_dir": str(logs / "pandacache"), "nDBConnection": "2",
+        "schemaPANDA": "DOMA_PANDA", "schemaMETA": "DOMA_PANDAMETA", "schemaPANDAARCH": "DOMA_PANDAARCH",
+        "schemaJEDI": "DOMA_PANDA", "schemaDEFT": "DOMA_DEFT", "pserverhost": "127.0.0.1",
+        "pserverport": str(port), "pserverhosthttp": "127.0.0.1", "pserverporthttp": str(port),
+        "pserveralias": "127.0.0.1", "token_authType": "None", "useJEDI": "True", "disableHTTP": "False",
+        "home_dir_cwd": str(STATE_DIR), "keyDir": str(STATE_DIR),
+        "adder_plugins": "any:pandaserver.dataservice.adder_dummy_plugin:AdderDummyPlugin",
+        "setupper_plugins": "any:pandaserver.dataservice.setupper_dummy_plugin:SetupperDummyPlugin",
+    })
+    server = set_keys(server, "daemon", {"enable": "True", "uname": "", "gname": "", "n_proc": "2",
+                                         "config": _daemon_config()})
+    (etc / "panda_server.cfg").write_text(server)
+    jedi = (templates / "panda_jedi.cfg.rpmnew").read_text()
+    jedi = jedi.replace("@@panda_user@@", "").replace("@@panda_group@@", "")
+    jedi = set_keys(jedi, "master", {"uname": "", "gname": ""})
+    jedi = set_keys(jedi, "db", {**db, "nWorkers": "2"})
+    jedi = set_keys(jedi, "ddm", {"modConfig": "wlcg:1:integration.real_panda.ddm_client:LocalDDMClient"})
+    for section in ("confeeder", "taskrefine", "jobgen", "postprocessor", "tcommando"):
+        jedi = set_keys(jedi, section, {"nWorkers": "1", "loopCycle": "5"})
+    jedi = set_keys(jedi, "jobgen", {"procConfig": "wlcg:any:1:"})
+    jedi = set_keys(jedi, "confeeder", {"checkInterval": "1"})
+    jedi = set_keys(jedi, "watchdog", {"loopCycle": "60"})
+    (etc / "panda_jedi.cfg").write_text(jedi)
+
+
+def _daemon_config() -> str:
+    config = {"add_main": {"enable": True, "period": 10, "loop": True}, "add_sub": {"enable": True, "period": 10}}
+    return json.dumps(config)
+
+
+def environment(state: dict, jedi: bool = False) -> dict[str, str]:
+    url = f"http://127.0.0.1:{state['server_port']}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PANDA", "AIRFLOW"))}
+    env.update({
+        "PANDA_HOME": str(PANDA_HOME), "PANDA_URL": f"{url}/server/panda", "PANDA_URL_SSL": f"{url}/server/panda",
+        "PANDACACHE_URL": f"{url}/server/panda", "PANDA_API_URL": f"{url}/api/v1", "PANDA_API_URL_SSL": f"{url}/api/v1",
+        "PANDA_BEHIND_REAL_LB": "1", "PANDA_NO_ROOT": "1", "TZ": "UTC",
+        "PYTHONPATH": os.pathsep.join([str(site_packages() / "pandacommon"), str(REPO)]),
+    })
+    if jedi:  # JEDI imports server modules top-level ("import taskbuffer.DBProxyPool")
+        env["PYTHONPATH"] += os.pathsep + str(site_packages() / "pandaserver")
+    return env
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None = None) -> None:
+    if alive(state.get(f"{name}_pid")):
+        return
+    if pid_file is not None:  # leftovers of a killed run block a new start
+        pid_file.unlink(missing_ok=True)
+        pid_file.with_name(pid_file.name + ".lock").unlink(missing_ok=True)
+    out = open(STATE_DIR / "log" / f"{name}.out", "a")
+    proc = subprocess.Popen(cmd, env=environment(state, jedi=name == "jedi"), stdout=out, stderr=subprocess.STDOUT, cwd=str(STATE_DIR),
+                            start_new_session=True)
+    if pid_file is not None:  # a daemonising process: its PID file names the real one
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        state[f"{name}_pid"] = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+        time.sleep(3)
+        if not alive(state[f"{name}_pid"]):
+            raise RuntimeError(f"{name} exited at start; see {STATE_DIR / 'log' / (name + '.out')}")
+    else:
+        state[f"{name}_pid"] = proc.pid
+    save_state(state)
+
+
+def base_url(state: dict) -> str:
+    return f"http://127.0.0.1:{state['server_port']}"
+
+
+def wait_ready(state: dict, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(
+                    base_url(state) + "/api/v1/system/is_alive", headers={"Accept": "application/json"}), timeout=5) as r:
+                if json.loads(r.read()).get("success"):
+                    return
+        except Exception:
+            pass
+        if not alive(state.get("server_pid")):
+            raise RuntimeError(f"panda-server exited; see {STATE_DIR / 'log' / 'server.out'}")
+        time.sleep(0.5)
+    raise RuntimeError("panda-server did not answer is_alive in time")
+
+
+def up() -> dict:
+    started = time.monotonic()
+    install_system_packages()
+    install_panda_server()
+    state = load_state()
+    (STATE_DIR / "log").mkdir(parents=True, exist_ok=True)
+    start_postgres(state)
+    state.setdefault("server_port", free_port())
+    configure(state)
+    python = str(VENV / "bin" / "python")
+    start_process(state, "server", [str(VENV / "bin" / "gunicorn"), "-w", "1", "--threads", "4",
+                                    "--no-control-socket", "-b", f"127.0.0.1:{state['server_port']}",
+                                    "--timeout", "120", "integration.real_panda.wsgi_wrapper:application"])
+    wait_ready(state)
+    jedi_pid = STATE_DIR / "jedi.pid"
+    start_process(state, "jedi", [python, str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
+                                  "--pid", str(jedi_pid)], pid_file=jedi_pid)
+    daemon_pid = STATE_DIR / "daemons.pid"
+    start_process(state, "daemons", [python, "-m", "pandaserver.daemons.master", "-P", str(daemon_pid)],
+                  pid_file=daemon_pid)
+    state["url"] = base_url(state)
+    save_state(state)
+    log(f"up at {state['url']} in {time.monotonic() - started:.0f} s")
+    return state
+
+
+def down() -> None:
+    state = load_state()
+    for name in ("daemons", "jedi", "server"):
+        pid = state.get(f"{name}_pid")
+        if alive(pid):
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(os.getpgid(pid), sig)
+                except OSError:
+                    try:
+                        os.kill(pid, sig)
+                    except OSError:
+                        pass
+                deadline = time.monotonic() + 10
+                while alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if not alive(pid):
+                    break
+        state.pop(f"{name}_pid", None)
+        (STATE_DIR / f"{name}.pid").unlink(missing_ok=True)
+        (STATE_DIR / f"{name}.pid.lock").unlink(missing_ok=True)
+    # JEDI forks workers into their own process groups: end any left over from this directory.
+    run(["pkill", "-f", str(VENV)], check=False)
+    if (PG_DATA / "postmaster.pid").exists():
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PG_DATA), "-m", "fast", "stop"], check=False,
+                    stdout=subprocess.DEVNULL)
+    save_state(state)
+    log("down")
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    if command == "up":
+        print(json.dumps({"url": up()["url"]}))
+    elif command == "down":
+        down()
+    elif command == "status":
+        state = load_state()
+        print(json.dumps({k: v for k, v in state.items() if k.endswith(("_pid", "url", "port"))}
+                         | {"alive": {n: alive(state.get(f"{n}_pid")) for n in ("server", "jedi", "daemons")}}))
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
