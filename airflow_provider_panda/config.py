@@ -148,7 +148,7 @@ def _mask(secret: str | None) -> None:
     """Register a secret with Airflow's masker so no log line shows it."""
     if not secret:
         return
-    from airflow_provider_panda._compat import mask_secret
+    from airflow.sdk.log import mask_secret
 
     mask_secret(secret)
 

@@ -29,6 +29,17 @@ def panda_server() -> Iterator[LocalPandaServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def real_server() -> Iterator[str]:
+    """The real panda-server + JEDI (integration/real_panda), started once, stopped at the end."""
+    from integration.real_panda import harness
+
+    state = harness.up()
+    yield state["url"]
+    if os.environ.get("REAL_PANDA_KEEP") != "1":
+        harness.down()
+
+
 @pytest.fixture
 def conn_env(panda_server: LocalPandaServer, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
     """Install an Airflow connection to the local server; returns its conn_id."""

@@ -163,6 +163,23 @@ def test_kill_operator_waits_for_aborted_and_accepts_already_killed(panda_server
     assert again.states == {"kill": "success"} and again.xcom("kill") == "aborted"
 
 
+def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook):
+    """Right after submission only DEFT knows the task and the server refuses commands on it:
+    the operator waits until the task is visible, then kills it."""
+    panda_server.sim.clock.freeze(True)
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "young"))
+    import threading
+
+    threading.Timer(0.5, panda_server.sim.clock.freeze, [False]).start()
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
+    assert run.states == {"kill": "success"} and run.xcom("kill") == "aborted"
+
+
+def test_command_on_an_unknown_task_fails_after_the_grace(panda_server):
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id=999999999, not_found_grace=0.3, {FAST})")
+    assert run.states == {"kill": "failed"}
+
+
 def test_kill_operator_on_someone_elses_task_fails(panda_server, conn_env):
     from airflow_provider_panda.hooks.panda import PandaHook
 

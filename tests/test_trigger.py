@@ -29,7 +29,8 @@ def run(trigger: PandaTaskTrigger) -> dict:
 def test_serialise_round_trip():
     from airflow.sdk.module_loading import import_string
 
-    trigger = PandaTaskTrigger(jedi_task_id=7, panda_conn_id="c", poll_interval=2.5, success_statuses=["done", "finished"],
+    trigger = PandaTaskTrigger(jedi_task_id=7, panda_conn_id="c", poll_interval=2.5,
+                               success_statuses=["done", "finished"],
                                failure_statuses=["failed"], end_time=123.0, cancel_on_kill=False,
                                stale_status="failed", carry={"retries_done": 1})
     classpath, kwargs = trigger.serialize()

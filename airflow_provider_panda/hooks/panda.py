@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import BaseHook
+
 from airflow_provider_panda import api, calls, transport
-from airflow_provider_panda._compat import BaseHook, aget_connection
 from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
@@ -298,7 +299,7 @@ class AsyncPandaClient:
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
-        conn = await aget_connection(conn_id)
+        conn = await BaseHook.aget_connection(conn_id)
         return cls(config_from_connection(conn), log)
 
     def _ssl(self) -> Any:

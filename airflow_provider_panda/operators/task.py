@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_panda import api
-from airflow_provider_panda._compat import conf
 from airflow_provider_panda.calls import check_id, check_task_params, finite
 from airflow_provider_panda.exceptions import (
     PandaCommandRejected,
@@ -26,7 +25,16 @@ from airflow_provider_panda.exceptions import (
     PandaTimeoutError,
 )
 from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
-from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec, failure_message
+from airflow_provider_panda.waiting import (
+    ERROR,
+    FAILURE,
+    NOT_FOUND_GRACE,
+    SUCCESS,
+    TIMEOUT,
+    TaskWatch,
+    WaitSpec,
+    failure_message,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -65,10 +73,12 @@ class _PandaTaskWaiter(BaseOperator):
         timeout: float | None = None,
         on_timeout: str = "fail",
         cancel_on_kill: bool = False,
+        not_found_grace: float = NOT_FOUND_GRACE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.panda_conn_id = panda_conn_id
+        self.not_found_grace = finite(not_found_grace, "not_found_grace", 0)
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.poll_interval = finite(poll_interval, "poll_interval", 0.01, MAX_POLL_INTERVAL)
         self.timeout = None if timeout is None else finite(timeout, "timeout", 0.01)
@@ -104,6 +114,18 @@ class _PandaTaskWaiter(BaseOperator):
             return self.hook.get_task_status(task_id)
         except PandaNotFoundError:
             return None
+
+    def _await_visible(self, task_id: int) -> str:
+        """A just-submitted task is only in DEFT for a while: the server refuses commands on it
+        ("not the task owner") until JEDI has it. Wait for that, within ``not_found_grace``."""
+        deadline = time.monotonic() + self.not_found_grace
+        while (status := self._status(task_id)) is None:
+            if time.monotonic() > deadline:
+                raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
+                                         f"(waited {self.not_found_grace:.0f} s for it to appear)")
+            self.log.info("PanDA task %s is not visible yet (queued in DEFT); waiting", task_id)
+            time.sleep(min(self.poll_interval, 10.0))
+        return status
 
     def _wait(self, context: Context, task_id: int, spec: WaitSpec, end_time: float | None,
               stale_status: str | None = None, **resume: Any) -> Any:
@@ -360,7 +382,7 @@ class RetryTaskOperator(_PandaTaskWaiter):
     def execute(self, context: Context) -> Any:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
-        status = self._status(task_id)
+        status = self._await_visible(task_id)
         try:
             self.log.info("PanDA: %s", self.hook.retry_task(task_id, self.new_params))
         except PandaCommandRejected:
@@ -390,6 +412,7 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
     def execute(self, context: Context) -> Any:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
+        self._await_visible(task_id)
         try:
             self.log.info("PanDA: %s", self._send(task_id))
         except PandaCommandRejected as exc:
@@ -448,6 +471,7 @@ class FileRecoveryOperator(_PandaTaskWaiter):
     def execute(self, context: Context) -> str:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
+        self._await_visible(task_id)
         url = self.hook.send_file_recovery_request(task_id, dry_run=self.dry_run)
         self.log.info("PanDA accepted the file recovery request for task %s; log: %s", task_id, url)
         return url

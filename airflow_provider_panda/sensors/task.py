@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_provider_panda import api
-from airflow_provider_panda._compat import conf
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError, PandaTaskFailedError
 from airflow_provider_panda.links import PandaTaskLink
 from airflow_provider_panda.operators.task import as_task_id
