@@ -78,14 +78,22 @@ class TaskWatch:
     log: Any
     started: float = field(default_factory=time.monotonic)
     last_status: str | None = None
+    previous_status: str | None = None
     changed: bool = False
     not_found_grace: float = NOT_FOUND_GRACE
     #: A status left over from before a command (e.g. ``failed`` right after a retry): it does not
     #: end the wait until the task has left it once, or the grace has passed.
     stale_status: str | None = None
 
+    @property
+    def moved(self) -> bool:
+        """The last reading was a transition (not the first reading): time to log the job counts.
+        Not on the first reading, so thousands of waits starting together ask for no job lists."""
+        return self.changed and self.previous_status is not None and self.last_status is not None
+
     def observe(self, status: str | None) -> str | None:
         """Feed the status just read (None: the server does not know the task yet); get the verdict."""
+        self.previous_status = self.last_status
         self.changed = status != self.last_status
         if self.changed:
             if status is None:

@@ -1,5 +1,5 @@
 """Put a ceiling on how long a PanDA task may run: when the wait times out, kill the task (or
-soft-finish it, so running jobs complete and the task ends ``finished``).
+soft-finish it, so running jobs complete and the task ends with what they produced).
 
 ``kill_when_late`` kills the task after ``PANDA_EXAMPLE_TIMEOUT`` seconds (default 3600);
 ``finish_when_late`` soft-finishes it instead. Either way the Airflow task fails, saying what was

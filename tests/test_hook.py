@@ -144,14 +144,15 @@ def test_kill_of_unknown_task(hook, prod_hook):
         prod_hook.kill_task(999_999_999)
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_finish(hook, panda_server, soft):
+@pytest.mark.parametrize("soft,jobs,final", [(False, "cancelled", "failed"), (True, "finished", "done")])
+def test_finish(hook, panda_server, soft, jobs, final):
+    """As on the real server: a hard finish kills the running jobs (no job succeeded: failed);
+    a soft one lets them complete (all succeeded: done)."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "finish"))
     wait_status(hook, task_id, {"running"})
     assert "command=finish is registered" in hook.finish_task(task_id, soft=soft)
-    assert wait_status(hook, task_id, {"finished"}) == "finished"
-    expected = {"finished"} if soft else {"cancelled"}
-    assert {j["jobStatus"] for j in hook.get_job_status(hook.get_job_ids(task_id))} == expected
+    assert wait_status(hook, task_id, api.TASK_STOPPED) == final
+    assert {j["jobStatus"] for j in hook.get_job_status(hook.get_job_ids(task_id))} == {jobs}
 
 
 def test_retry_failed_task_reaches_done(hook, panda_server):
@@ -383,3 +384,23 @@ def test_unreachable_server_is_a_transport_error(monkeypatch):
                        f'{{"conn_type": "panda", "host": "http://127.0.0.1:{port}", "extra": {{"max_retries": 0}}}}')
     with pytest.raises(PandaTransportError):
         PandaHook("panda_down").hello()
+
+
+def test_https_with_the_connections_ca_even_when_requests_ca_bundle_is_set(monkeypatch, tmp_path):
+    """Grid machines often set REQUESTS_CA_BUNDLE; the connection's ca_path must still be used."""
+    import json
+
+    from airflow_provider_panda.testing.server import LocalPandaServer
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    with LocalPandaServer(tls=True, step=0.05) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_PANDA_TLS", json.dumps(server.connection()))
+        hook = PandaHook("panda_tls")
+        assert hook.config.base_url.startswith("https://")
+        assert hook.get_job_ids(1) == []
+        conn = server.connection()
+        conn["extra"].pop("ca_path")
+        conn["extra"]["max_retries"] = 0
+        monkeypatch.setenv("AIRFLOW_CONN_PANDA_TLS_NOCA", json.dumps(conn))
+        with pytest.raises(PandaTransportError, match="CERTIFICATE_VERIFY_FAILED"):
+            PandaHook("panda_tls_noca").get_job_ids(1)

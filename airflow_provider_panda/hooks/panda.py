@@ -70,9 +70,7 @@ class PandaHook(BaseHook):
     def session(self) -> requests.Session:
         import requests
 
-        session = requests.Session()
-        session.verify = self.config.verify
-        return session
+        return requests.Session()
 
     def _send(self, call: Call) -> dict[str, Any]:
         """One request, no retry: the envelope, or a typed error."""
@@ -82,7 +80,8 @@ class PandaHook(BaseHook):
         request = transport.prepare(call, cfg)
         body = request.pop("content", None)
         try:
-            response = self.session.request(data=body, timeout=cfg.timeout, **request)
+            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
+            response = self.session.request(data=body, timeout=cfg.timeout, verify=cfg.verify, **request)
         except requests.RequestException as exc:
             raise PandaTransportError(transport.redact(f"{type(exc).__name__}: {exc}", cfg)) from None
         return transport.parse(response.status_code, response.content, cfg)

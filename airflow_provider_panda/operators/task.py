@@ -147,7 +147,7 @@ class _PandaTaskWaiter(BaseOperator):
         while True:
             status = self._status(task_id)
             verdict = watch.observe(status)
-            if watch.changed and status is not None:
+            if watch.moved:
                 watch.log_jobs(self.hook.get_task_jobs(task_id))
             if verdict is None and end_time is not None and time.time() >= end_time:
                 verdict = TIMEOUT

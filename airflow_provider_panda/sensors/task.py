@@ -74,7 +74,7 @@ class TaskStatusSensor(BaseSensorOperator):
         except PandaNotFoundError:
             status = None
         verdict = self._watch.observe(status)
-        if self._watch.changed and status is not None:
+        if self._watch.moved:
             self._watch.log_jobs(self.hook.get_task_jobs(task_id))
         if verdict == FAILURE:
             raise self._fail(task_id, status)

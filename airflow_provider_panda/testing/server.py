@@ -13,6 +13,7 @@ import ast
 import asyncio
 import inspect
 import json
+import random
 import secrets
 import socket
 import sys
@@ -315,8 +316,13 @@ class LocalPandaApp:
         self.requests: Counter[str] = Counter()
         self.clients: Counter[str] = Counter()  # API requests per User-Agent
         #: Faults for the next API requests, one each: "500" (answer 500 without acting),
-        #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s).
+        #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s),
+        #: "body:TEXT" (act, then answer 200 with TEXT instead of the envelope).
         self.faults: deque[str] = deque()
+        #: Random faults: each API request draws one of ``fault_kinds`` with this probability.
+        self.fault_rate = 0.0
+        self.fault_kinds: list[str] = ["500", "502", "503", "429", "after:503", "after:502"]
+        self._rng = random.Random(0)
         self.app = Starlette(routes=[
             Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
@@ -335,6 +341,11 @@ class LocalPandaApp:
         self.handlers.base_url = value
 
     # --- PanDA --------------------------------------------------------------------------------
+
+    def _random_fault(self) -> str:
+        if self.fault_rate and self._rng.random() < self.fault_rate:
+            return self._rng.choice(self.fault_kinds)
+        return ""
 
     def _caller(self, request: Request) -> Caller | str:
         """The caller from the bearer token and Origin, or the 403 text for a refused token."""
@@ -396,7 +407,7 @@ class LocalPandaApp:
         self.clients[request.headers.get("user-agent", "")] += 1
         if handler is None:
             return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
-        fault = self.faults.popleft() if self.faults else ""
+        fault = self.faults.popleft() if self.faults else self._random_fault()
         if fault.isdigit():
             return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
         caller = self._caller(request)
@@ -414,6 +425,8 @@ class LocalPandaApp:
             return Response("injected fault after acting", int(fault[6:]), media_type="text/plain")
         if fault.startswith("slow:"):
             await asyncio.sleep(float(fault[5:]))
+        if fault.startswith("body:"):
+            return Response(fault[5:], 200, media_type="text/plain")
         if json_app:
             return Response(json.dumps(result, default=api.encode_special), 200, media_type="text/plain")
         return Response(str(result), 200, media_type="text/plain")
@@ -503,9 +516,17 @@ class LocalPandaApp:
                 user = User(body.get("name", key), body.get("preferred_username", key), groups)
                 self.users[key] = user
             return JSONResponse({"token": self.issuer.mint(key, user, body.get("lifetime"))})
+        if action == "bulk":
+            user = self.users[body.get("user", "user")]
+            ids = self.sim.bulk_running(int(body.get("n", 1)), user, body.get("outcomes", ["hang"]))
+            return JSONResponse({"ids": ids})
         if action == "faults":
             self.faults.extend(str(f) for f in body.get("faults", []))
-            return JSONResponse({"pending": len(self.faults)})
+            if "rate" in body:
+                self.fault_rate = float(body["rate"])
+                self.fault_kinds = list(body.get("kinds", self.fault_kinds))
+                self._rng.seed(body.get("seed", 0))
+            return JSONResponse({"pending": len(self.faults), "rate": self.fault_rate})
         if action == "requests":
             return JSONResponse({"by_call": dict(self.requests), "by_client": dict(self.clients)})
         if action == "recoveries":
@@ -543,7 +564,8 @@ class LocalPandaServer:
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", step: float = 0.5,
-                 rules: list[tuple[str, list[str]]] | None = None, token_lifetime: float = 3600.0) -> None:
+                 rules: list[tuple[str, list[str]]] | None = None, token_lifetime: float = 3600.0,
+                 tls: bool = False) -> None:
         self.host = host
         self.sim = PandaSim(step=step, rules=DEMO_RULES if rules is None else rules)
         self.issuer = TokenIssuer("local-panda", token_lifetime)
@@ -552,7 +574,8 @@ class LocalPandaServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        self.tls = _self_signed_certificate(host) if tls else None
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self.panda.base_url = self.url
         self.issuer.issuer = self.url
         self._server: Any = None
@@ -564,8 +587,9 @@ class LocalPandaServer:
     def connection(self, user: str = "user", **extra: Any) -> dict[str, Any]:
         """Airflow's JSON form of a connection to this server as ``user`` (prod gets the role)."""
         origin = f"{DEFAULT_VO}:{PROD_ROLE}" if user == "prod" else DEFAULT_VO
+        tls = {"ca_path": self.tls[0]} if self.tls else {}
         return {"conn_type": "panda", "host": self.url, "password": self.token(user),
-                "extra": {"vo": origin, "monitor_url": self.url + "/monitor", **extra}}
+                "extra": {"vo": origin, "monitor_url": self.url + "/monitor", **tls, **extra}}
 
     def connection_uri_env(self, user: str = "user", **extra: Any) -> str:
         return json.dumps(self.connection(user, **extra))
@@ -573,8 +597,9 @@ class LocalPandaServer:
     def start(self) -> LocalPandaServer:
         import uvicorn
 
+        tls = {"ssl_certfile": self.tls[0], "ssl_keyfile": self.tls[1]} if self.tls else {}
         config = uvicorn.Config(self.panda.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_keep_alive=30)
+                                timeout_keep_alive=30, **tls)
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
@@ -601,6 +626,40 @@ class LocalPandaServer:
         self.stop()
 
 
+def _self_signed_certificate(host: str) -> tuple[str, str]:
+    """A throwaway certificate for ``host`` (as IP SAN) and its key, as files; the certificate is
+    also the CA a client verifies against (extra ``ca_path``)."""
+    import datetime as dt
+    import ipaddress
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = dt.datetime.now(dt.timezone.utc)
+    san = [x509.DNSName("localhost")]
+    try:
+        san.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        san.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=2)).add_extension(x509.SubjectAlternativeName(san), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True).sign(key, hashes.SHA256()))
+    folder = tempfile.mkdtemp(prefix="local-panda-tls-")
+    cert_path, key_path = f"{folder}/cert.pem", f"{folder}/key.pem"
+    with open(cert_path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 def _parse_rule(text: str) -> tuple[str, list[str]]:
     pattern, _, outcomes = text.rpartition("=")
     if not pattern:
@@ -618,10 +677,13 @@ def main(argv: list[str] | None = None) -> int:
                              "next outcome (done, finished, failed, broken, exhausted, hang); "
                              "checked before the built-in tags .flaky. .failing. .broken. .exhausted. "
                              ".lost. .slow.")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve https with a self-signed certificate (the connection gets its ca_path)")
     parser.add_argument("--user", default="user", choices=sorted(DEFAULT_USERS),
                         help="identity of the printed connection ('prod' has the production role)")
     args = parser.parse_args(argv)
-    server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule + DEMO_RULES).start()
+    server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule + DEMO_RULES,
+                              tls=args.tls).start()
     print(server.connection_uri_env(args.user), flush=True)
     try:
         while True:

@@ -21,6 +21,8 @@ from airflow_provider_panda import api
 from airflow_provider_panda.api import CommandCode, SubmitCode
 
 OUTCOMES = ("done", "finished", "failed", "broken", "exhausted", "hang")
+#: Outcomes JEDI reaches through 'prepared' (post-processing of finished jobs).
+POST_PROCESSED = ("done", "finished", "failed")
 #: The statuses a fresh attempt walks through before its outcome, one clock step each.
 ATTEMPT_PATH = ("registered", "defined", "ready", "running")
 FAILED_JOB_ERROR = {
@@ -209,12 +211,15 @@ class PandaSim:
             self._make_jobs(task)
         elif status == "running":
             self._jobs_to(task, "running", only_active=True)
+        elif status == "prepared":  # the jobs are over; JEDI's post-processing decides next
+            self._finish_jobs(task, task.path[0] if task.path else "done")
         elif status in ("done", "finished", "failed", "exhausted", "broken"):
             self._finish_jobs(task, status)
         elif status == "aborted":
             self._jobs_to(task, "cancelled", only_active=True)
         if status == "running" and task.outcome != "hang" and not task.path:
-            task.path = [task.outcome]
+            # as JEDI does: done, finished and failed come after 'prepared'
+            task.path = ["prepared", task.outcome] if task.outcome in POST_PROCESSED else [task.outcome]
 
     def _make_jobs(self, task: Task) -> None:
         """New jobs for an attempt: all of them at first, then one per job the last attempt lost."""
@@ -288,6 +293,22 @@ class PandaSim:
             self._schedule(task, list(ATTEMPT_PATH[1:]))
             return SubmitCode.NEW, api.submit_new_message(task.task_id)
 
+    def bulk_running(self, n: int, user: User, outcomes: list[str]) -> list[int]:
+        """Control (benchmarks): n one-job tasks of ``user`` already running."""
+        with self.lock:
+            ids = []
+            for _ in range(n):
+                wall = self.clock.wall()
+                task = Task(next(self._task_ids), f"user.bulk.{uuid.uuid4().hex[:12]}", {"nEvents": 1},
+                            user.dn, "atlas", "user", "ready", check_outcomes(outcomes), wall, wall)
+                self.tasks[task.task_id] = task
+                self._make_jobs(task)
+                self._set_status(task, "running")
+                if task.path:
+                    self._schedule(task, task.path)
+                ids.append(task.task_id)
+            return ids
+
     def _restart(self, task: Task, via: str) -> None:
         task.attempt += 1
         self._set_status(task, via)
@@ -321,20 +342,24 @@ class PandaSim:
                     return CommandCode.RETRY_ACTIVE, task.status
                 return CommandCode.BAD_STATUS, api.command_rejected_message(command, task.status, extra)
             if command == "kill":
-                self._set_status(task, "aborting")
+                self._set_status(task, "toabort")
                 self._schedule(task, ["aborted"])
             elif command == "finish":
-                if kwargs.get("soft"):
-                    self._jobs_to(task, "finished", only_active=True)
-                else:
-                    self._jobs_to(task, "cancelled", only_active=True)
-                self._set_status(task, "finishing")
-                self._schedule(task, ["finished"])
+                # soft: running jobs complete; hard: they are killed. The end depends on the jobs.
+                self._jobs_to(task, "finished" if kwargs.get("soft") else "cancelled", only_active=True)
+                self._set_status(task, "passed")
+                self._schedule(task, [self._end_after_finish(task)])
             elif command == "retry":
                 self._restart(task, "toretry")
             elif command == "resume":
                 self._set_status(task, "running")
             return CommandCode.REGISTERED, api.command_registered_message(command, task_id)
+
+    def _end_after_finish(self, task: Task) -> str:
+        """done if every job of the attempt finished, finished if some did, failed if none."""
+        jobs = [self.jobs[j] for j in task.job_ids if self.jobs[j].attempt == task.attempt + 1]
+        good = sum(job.status == "finished" for job in jobs)
+        return "done" if jobs and good == len(jobs) else "finished" if good else "failed"
 
     def retry_with_params(self, task_id: int, new_params: dict[str, Any], user: User,
                           prod: bool) -> tuple[int, str]:

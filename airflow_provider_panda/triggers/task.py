@@ -30,6 +30,8 @@ class PandaTaskTrigger(BaseTrigger):
     :param stale_status: a status read before a command that must not end the wait (see TaskWatch).
     :param carry: primitives echoed back in the event, so the resumed operator gets its state even
         where method kwargs are dropped (``airflow dags test`` keeps only the event).
+    :param shared_poller: share one status poller per connection in the triggerer (one request per
+        interval for all waits, see :mod:`.poller`); False polls this task on its own.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class PandaTaskTrigger(BaseTrigger):
         cancel_on_kill: bool = True,
         stale_status: str | None = None,
         carry: dict[str, Any] | None = None,
+        shared_poller: bool = True,
     ) -> None:
         super().__init__()
         self.jedi_task_id = int(jedi_task_id)
@@ -54,6 +57,7 @@ class PandaTaskTrigger(BaseTrigger):
         self.cancel_on_kill = cancel_on_kill
         self.stale_status = stale_status
         self.carry = dict(carry or {})
+        self.shared_poller = shared_poller
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -68,6 +72,7 @@ class PandaTaskTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
                 "stale_status": self.stale_status,
                 "carry": self.carry,
+                "shared_poller": self.shared_poller,
             },
         )
 
@@ -76,25 +81,20 @@ class PandaTaskTrigger(BaseTrigger):
                              "message": message, "carry": self.carry})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_panda.hooks.panda import AsyncPandaClient
-
         spec = WaitSpec.build(self.success_statuses, self.failure_statuses)
         watch = TaskWatch(self.jedi_task_id, spec, self.log, stale_status=self.stale_status)
         try:
-            client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
+            source = await (_SharedSource.open(self) if self.shared_poller else _OwnSource.open(self))
         except PandaError as exc:
             yield self._event(ERROR, None, str(exc))
             return
         try:
             while True:
                 try:
-                    try:
-                        status: str | None = await client.get_task_status(self.jedi_task_id)
-                    except PandaNotFoundError:
-                        status = None
+                    status = await source.read()
                     verdict = watch.observe(status)
-                    if watch.changed and status is not None:
-                        watch.log_jobs(await client.get_task_jobs(self.jedi_task_id))
+                    if watch.moved:
+                        watch.log_jobs(await source.client.get_task_jobs(self.jedi_task_id))
                 except PandaError as exc:
                     if not is_transient(exc):
                         yield self._event(ERROR, watch.last_status, str(exc))
@@ -102,7 +102,8 @@ class PandaTaskTrigger(BaseTrigger):
                     self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
                     verdict = None
                 if verdict in (SUCCESS, FAILURE):
-                    yield self._event(verdict, status, f"PanDA task {self.jedi_task_id} is {status}")
+                    message = f"PanDA task {self.jedi_task_id} is {watch.last_status}"
+                    yield self._event(verdict, watch.last_status, message)
                     return
                 if verdict == ERROR:
                     yield self._event(ERROR, None, f"PanDA task {self.jedi_task_id} is not known to the server")
@@ -111,9 +112,9 @@ class PandaTaskTrigger(BaseTrigger):
                     yield self._event(TIMEOUT, watch.last_status,
                                       f"PanDA task {self.jedi_task_id} still {watch.last_status} at the timeout")
                     return
-                await asyncio.sleep(self.poll_interval)
+                await source.pause()
         finally:
-            await client.aclose()
+            await source.close()
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked."""
@@ -129,3 +130,52 @@ class PandaTaskTrigger(BaseTrigger):
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
+
+
+class _OwnSource:
+    """This trigger's own status reads: one request per interval for this task."""
+
+    def __init__(self, trigger: PandaTaskTrigger, client: Any) -> None:
+        self.trigger, self.client = trigger, client
+
+    @classmethod
+    async def open(cls, trigger: PandaTaskTrigger) -> _OwnSource:
+        from airflow_provider_panda.hooks.panda import AsyncPandaClient
+
+        return cls(trigger, await AsyncPandaClient.for_connection(trigger.panda_conn_id, trigger.log))
+
+    async def read(self) -> str | None:
+        try:
+            return await self.client.get_task_status(self.trigger.jedi_task_id)
+        except PandaNotFoundError:
+            return None
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self.trigger.poll_interval)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class _SharedSource:
+    """Statuses from the connection's shared poller; each read waits for the next fresh round."""
+
+    def __init__(self, trigger: PandaTaskTrigger, poller: Any) -> None:
+        self.trigger, self.poller, self.client = trigger, poller, poller.client
+        self.fresh_after = poller.watch(trigger.jedi_task_id)
+
+    @classmethod
+    async def open(cls, trigger: PandaTaskTrigger) -> _SharedSource:
+        from airflow_provider_panda.triggers.poller import SharedPoller
+
+        return cls(trigger, await SharedPoller.acquire(trigger.panda_conn_id, trigger.poll_interval, trigger.log))
+
+    async def read(self) -> str | None:
+        status, self.fresh_after = await self.poller.next_status(self.trigger.jedi_task_id, self.fresh_after)
+        return status
+
+    async def pause(self) -> None:
+        """Nothing to wait for here: the next read waits for the poller's next round."""
+
+    async def close(self) -> None:
+        await self.poller.unwatch(self.trigger.jedi_task_id)

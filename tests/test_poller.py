@@ -1,0 +1,182 @@
+"""The shared poller is a cache: it must save requests and never hand a trigger a stale or foreign status."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import params_with_outcomes, wait_status
+
+from airflow_provider_panda.triggers.poller import SharedPoller
+from airflow_provider_panda.triggers.task import PandaTaskTrigger
+
+INTERVAL = 0.3
+
+
+@pytest.fixture(autouse=True)
+def _conn(conn_env):
+    conn_env(max_retries=0)
+
+
+async def first_event(trigger):
+    async for event in trigger.run():
+        return event.payload
+
+
+def hanging(hook, server, n, tag="poll"):
+    ids = [hook.submit_task(params_with_outcomes(server, ["hang"], tag)) for _ in range(n)]
+    for task_id in ids:
+        wait_status(hook, task_id, {"running"})
+    return ids
+
+
+def polls(server):
+    by = server.panda.requests
+    return by["task/get_tasks_modified_since"], by["task/get_status"]
+
+
+def test_many_waits_cost_one_request_per_round(hook, panda_server):
+    ids = hanging(hook, panda_server, 20)
+
+    async def scenario():
+        triggers = [asyncio.ensure_future(first_event(PandaTaskTrigger(t, poll_interval=INTERVAL))) for t in ids]
+        await asyncio.sleep(0.1)
+        bulk0, single0 = polls(panda_server)
+        await asyncio.sleep(INTERVAL * 5)
+        bulk1, single1 = polls(panda_server)
+        for task_id in ids:
+            panda_server.sim.force(task_id, status="running", outcomes=["done"])
+        events = await asyncio.wait_for(asyncio.gather(*triggers), 10)
+        return events, bulk1 - bulk0, single1 - single0
+
+    events, bulk, single = asyncio.run(scenario())
+    assert 4 <= bulk <= 6 and single == 0  # one modified-since per round for all 20 waits, no per-task reads
+    assert [e["jedi_task_id"] for e in events] == ids and {e["task_status"] for e in events} == {"done"}
+
+
+def test_two_users_and_a_foreign_task(hook, conn_env, panda_server):
+    """Bob's tasks never appear in Alice's modified-since answer; a production user watching
+    Alice's task gets it by per-task reads; nobody gets anybody else's status."""
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    bob = PandaHook(conn_env("panda_bob", user="other", max_retries=0))
+    conn_env("panda_prod", user="prod", max_retries=0)
+    [alice_task] = hanging(hook, panda_server, 1, "alice")
+    [bob_task] = hanging(bob, panda_server, 1, "bob")
+
+    async def scenario():
+        waits = [
+            asyncio.ensure_future(first_event(PandaTaskTrigger(alice_task, "panda_default", INTERVAL))),
+            asyncio.ensure_future(first_event(PandaTaskTrigger(bob_task, "panda_bob", INTERVAL))),
+            asyncio.ensure_future(first_event(PandaTaskTrigger(alice_task, "panda_prod", INTERVAL))),
+        ]
+        await asyncio.sleep(INTERVAL * 2)
+        panda_server.sim.force(alice_task, status="running", outcomes=["failed"])
+        panda_server.sim.force(bob_task, status="running", outcomes=["done"])
+        return await asyncio.wait_for(asyncio.gather(*waits), 10)
+
+    alice, bobs, prods_view = asyncio.run(scenario())
+    assert (alice["jedi_task_id"], alice["task_status"]) == (alice_task, "failed")
+    assert (bobs["jedi_task_id"], bobs["task_status"]) == (bob_task, "done")
+    assert (prods_view["jedi_task_id"], prods_view["task_status"]) == (alice_task, "failed")
+
+
+def test_a_status_that_changes_twice_within_an_interval(hook, panda_server):
+    [task_id] = hanging(hook, panda_server, 1, "twice")
+
+    async def scenario():
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=1.0)))
+        await asyncio.sleep(1.2)  # the first round has been
+        panda_server.sim.force(task_id, status="failed")
+        hook.retry_task(task_id)  # failed, then back to work before the next round
+        panda_server.sim.force(task_id, status="running", outcomes=["done"])
+        return await asyncio.wait_for(wait, 10)
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "success" and event["task_status"] == "done"  # never the passing "failed"
+
+
+def test_failing_rounds_keep_every_wait_and_recover(hook, panda_server):
+    ids = hanging(hook, panda_server, 3, "flaky")
+
+    async def scenario():
+        waits = [asyncio.ensure_future(first_event(PandaTaskTrigger(t, poll_interval=INTERVAL))) for t in ids]
+        await asyncio.sleep(0.1)
+        panda_server.panda.faults.extend(["503"] * 4)
+        await asyncio.sleep(INTERVAL * 4)
+        assert not any(w.done() for w in waits)
+        for task_id in ids:
+            panda_server.sim.force(task_id, status="running", outcomes=["done"])
+        return await asyncio.wait_for(asyncio.gather(*waits), 10)
+
+    events = asyncio.run(scenario())
+    assert {e["task_status"] for e in events} == {"done"} and not panda_server.panda.faults
+
+
+def test_a_cancelled_wait_leaves_the_others_running(hook, panda_server):
+    ids = hanging(hook, panda_server, 3, "cancel")
+
+    async def scenario():
+        waits = [asyncio.ensure_future(first_event(PandaTaskTrigger(t, poll_interval=INTERVAL))) for t in ids]
+        await asyncio.sleep(INTERVAL * 2)
+        waits[0].cancel()
+        await asyncio.sleep(INTERVAL * 2)
+        [poller] = [p for p in list_pollers() if ids[1] in p.watchers]
+        assert ids[0] not in poller.watchers and set(ids[1:]) <= set(poller.watchers)
+        for task_id in ids[1:]:
+            panda_server.sim.force(task_id, status="running", outcomes=["done"])
+        events = await asyncio.wait_for(asyncio.gather(*waits[1:]), 10)
+        await asyncio.sleep(0.05)
+        return events, list_pollers()
+
+    events, left = asyncio.run(scenario())
+    assert {e["task_status"] for e in events} == {"done"}
+    assert not left  # the last wait gone, the poller closed itself
+
+
+def test_a_new_wait_never_takes_a_reading_older_than_itself(hook, panda_server):
+    [task_id] = hanging(hook, panda_server, 1, "fresh")
+    panda_server.sim.force(task_id, status="failed")
+
+    async def scenario():
+        poller = await SharedPoller.acquire("panda_default", INTERVAL, _Log())
+        first = poller.watch(task_id)
+        status, _ = await poller.next_status(task_id, first)
+        assert status == "failed"
+        hook.retry_task(task_id)  # the cached reading says failed; the task is being retried
+        second = poller.watch(task_id)
+        renewed, started = await poller.next_status(task_id, second)
+        await poller.unwatch(task_id)
+        await poller.unwatch(task_id)
+        return renewed, started > second
+
+    renewed, fresh = asyncio.run(scenario())
+    assert fresh and renewed != "failed"
+
+
+def test_falls_back_to_per_task_reads_without_the_bulk_call(hook, panda_server, monkeypatch):
+    """A server without task/get_tasks_modified_since answers 403 'method ... is forbidden'."""
+    ids = hanging(hook, panda_server, 2, "nobulk")
+    monkeypatch.setitem(panda_server.panda.handlers.__dict__, "get_tasks_modified_since", None)
+
+    async def scenario():
+        waits = [asyncio.ensure_future(first_event(PandaTaskTrigger(t, poll_interval=INTERVAL))) for t in ids]
+        await asyncio.sleep(INTERVAL * 2)
+        for task_id in ids:
+            panda_server.sim.force(task_id, status="running", outcomes=["done"])
+        return await asyncio.wait_for(asyncio.gather(*waits), 10)
+
+    single_before = polls(panda_server)[1]
+    assert {e["task_status"] for e in asyncio.run(scenario())} == {"done"}
+    assert polls(panda_server)[1] - single_before >= 2 * len(ids)  # read task by task, every round
+
+
+class _Log:
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+def list_pollers():
+    from airflow_provider_panda.triggers import poller
+
+    return list(poller._REGISTRY.values())
