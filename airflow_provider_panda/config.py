@@ -75,6 +75,7 @@ class PandaConnectionConfig:
     vo: str | None = None
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
+    refresh_token: str | None = field(default=None, repr=False)
     x509_proxy: str | None = None
     verify: bool | str = True
     cache_url: str | None = None
@@ -106,24 +107,38 @@ class PandaConnectionConfig:
     def upload_base_url(self) -> str:
         return self.cache_url or self.base_url
 
+    @property
+    def may_block(self) -> bool:
+        """Whether reading the token may touch files or the network (async callers use a thread)."""
+        return bool(self.token_file or self.refresh_token)
+
     def read_token(self) -> str | None:
-        """The id token to send: the connection's password, or the token file read afresh now."""
-        if self.token:
-            return self.token
-        if not self.token_file:
+        """The id token to send: the password or the token file (read afresh now), refreshed first
+        when it expires within minutes and a refresh token is at hand (see :mod:`.auth`)."""
+        from airflow_provider_panda.auth import fresh_token
+
+        token, refresh = self.token, self.refresh_token
+        if not token and self.token_file:
+            token, from_file = self._read_token_file()
+            refresh = refresh or from_file
+        if not token:
             return None
+        return fresh_token(token, refresh, self.base_url, self.vo or "", self.verify, self.timeout)
+
+    def _read_token_file(self) -> tuple[str, str | None]:
         try:
-            with open(self.token_file, encoding="utf-8") as handle:
+            with open(self.token_file, encoding="utf-8") as handle:  # type: ignore[arg-type]
                 text = handle.read().strip()
         except OSError as exc:
             raise PandaConnectionConfigError(
                 f"cannot read token_file {self.token_file!r}: {exc.strerror}"
             ) from None
-        token = token_from_text(text)
+        token, refresh = tokens_from_text(text)
         if not token:
             raise PandaConnectionConfigError(f"token_file {self.token_file!r} holds no token")
         _mask(token)
-        return token
+        _mask(refresh)
+        return token, refresh
 
     def check_proxy(self) -> str:
         """The proxy path, after checking it can be read (its content is never logged)."""
@@ -133,15 +148,17 @@ class PandaConnectionConfig:
         return path
 
 
-def token_from_text(text: str) -> str | None:
-    """A token file holds a raw token or the IdP's JSON token response (``id_token`` key)."""
+def tokens_from_text(text: str) -> tuple[str | None, str | None]:
+    """A token file holds a raw id token, or the IdP's JSON token response (``id_token`` and
+    maybe ``refresh_token``): (id token, refresh token)."""
     text = text.strip()
     if text.startswith("{"):
         try:
-            return json.loads(text).get("id_token")
+            data = json.loads(text)
+            return data.get("id_token"), data.get("refresh_token")
         except (ValueError, AttributeError):
-            return None
-    return text or None
+            return None, None
+    return text or None, None
 
 
 def _mask(secret: str | None) -> None:
@@ -172,6 +189,8 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
     token = getattr(conn, "password", None) or extra.get("token") or None
     _mask(token)
     token_file = extra.get("token_file") or None
+    refresh_token = extra.get("refresh_token") or None
+    _mask(refresh_token)
     x509_proxy = extra.get("x509_proxy") or None
     auth = extra.get("auth") or ("oidc" if token or token_file else "x509" if x509_proxy else "none")
     verify: bool | str = True
@@ -188,6 +207,7 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
         vo=extra.get("vo") or None,
         token=token,
         token_file=token_file,
+        refresh_token=refresh_token,
         x509_proxy=x509_proxy,
         verify=verify,
         cache_url=cache_url,

@@ -27,8 +27,10 @@ MAX_ERROR_TEXT = 500
 USER_AGENT = "airflow-provider-panda"
 
 
-def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests") -> dict[str, Any]:
-    """Method, URL, headers and body of a call; raises on unusable credentials before sending."""
+def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests",
+            token: str | None = None) -> dict[str, Any]:
+    """Method, URL, headers and body of a call; raises on unusable credentials before sending.
+    ``token``: the id token if the caller already read it (async callers read it in a thread)."""
     endpoint = call.endpoint
     base = cfg.upload_base_url if call.cache else cfg.base_url
     headers = {"Accept": "application/json", "User-Agent": f"{USER_AGENT} ({client})"}
@@ -40,7 +42,7 @@ def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests") ->
                 "(with extra 'vo'), or extra 'token_file', or extra 'x509_proxy'"
             )
         if cfg.auth == "oidc":
-            headers["Authorization"] = f"Bearer {cfg.read_token()}"
+            headers["Authorization"] = f"Bearer {token or cfg.read_token()}"
             headers["Origin"] = cfg.vo
         else:
             proxy = cfg.check_proxy()
@@ -56,9 +58,10 @@ def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests") ->
 
 
 def redact(text: str, cfg: PandaConnectionConfig | None) -> str:
-    """Remove the connection's token from a text that may end up in a log or an exception."""
-    if cfg is not None and cfg.token:
-        text = text.replace(cfg.token, "***")
+    """Remove the connection's secrets from a text that may end up in a log or an exception."""
+    for secret in (cfg.token, cfg.refresh_token) if cfg is not None else ():
+        if secret:
+            text = text.replace(secret, "***")
     return text
 
 

@@ -7,6 +7,7 @@ retried with backoff and jitter; a submission only when a repeat is answered as 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
@@ -327,7 +328,11 @@ class AsyncPandaClient:
     async def _send(self, call: Call) -> dict[str, Any]:
         import httpx
 
-        request = transport.prepare(call, self.config, client="httpx")
+        cfg = self.config
+        token = None
+        if call.endpoint.secure and cfg.auth == "oidc" and cfg.may_block:  # file read or refresh: not on the loop
+            token = await asyncio.to_thread(cfg.read_token)
+        request = transport.prepare(call, cfg, client="httpx", token=token)
         request.pop("cert", None)  # carried by the SSL context
         try:
             response = await self.client.request(**request)

@@ -317,7 +317,8 @@ class LocalPandaApp:
         self.clients: Counter[str] = Counter()  # API requests per User-Agent
         #: Faults for the next API requests, one each: "500" (answer 500 without acting),
         #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s),
-        #: "body:TEXT" (act, then answer 200 with TEXT instead of the envelope).
+        #: "body:TEXT" (act, then answer 200 with TEXT instead of the envelope), "echo:403" (answer
+        #: 403 quoting the request's Authorization header, as a careless proxy might).
         self.faults: deque[str] = deque()
         #: Random faults: each API request draws one of ``fault_kinds`` with this probability.
         self.fault_rate = 0.0
@@ -326,6 +327,8 @@ class LocalPandaApp:
         self.app = Starlette(routes=[
             Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
+            Route("/oidc/.well-known/openid-configuration", self.oidc_discovery, methods=["GET"]),
+            Route("/oidc/token", self.oidc_token, methods=["POST"]),
             Route("/cache/{path:path}", self.cache_file, methods=["GET"]),
             Route("/monitor/task/{task_id:int}/", self.monitor_task, methods=["GET"]),
             Route("/_control/{action}", self.control, methods=["GET", "POST"]),
@@ -410,6 +413,9 @@ class LocalPandaApp:
         fault = self.faults.popleft() if self.faults else self._random_fault()
         if fault.isdigit():
             return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
+        if fault.startswith("echo:"):  # a careless server or proxy quoting the request's credentials
+            text = f"ERROR : rejected {request.headers.get('authorization')} from {request.headers.get('origin')}"
+            return Response(text, int(fault[5:]), media_type="text/plain")
         caller = self._caller(request)
         if isinstance(caller, str):
             return Response(f"ERROR : {caller}", 403, media_type="text/plain")
@@ -452,8 +458,26 @@ class LocalPandaApp:
         vo = request.path_params["vo"]
         return JSONResponse({
             "client_id": f"panda-{vo}", "client_secret": "local-secret",
-            "oidc_config_url": f"{self.base_url}/_control/oidc_config", "audience": "panda", "vo": vo,
+            "oidc_config_url": f"{self.base_url}/oidc/.well-known/openid-configuration", "audience": "panda",
+            "vo": vo,
         })
+
+    async def oidc_discovery(self, request: Request) -> Response:
+        return JSONResponse({"issuer": self.issuer.issuer, "token_endpoint": f"{self.base_url}/oidc/token",
+                             "device_authorization_endpoint": f"{self.base_url}/oidc/device"})
+
+    async def oidc_token(self, request: Request) -> Response:
+        """The IdP's token endpoint, for the refresh grant only (as panda-client uses it)."""
+        form = await request.form()
+        self.requests["oidc/token"] += 1
+        if form.get("grant_type") != "refresh_token" or not str(form.get("client_id", "")).startswith("panda-"):
+            return JSONResponse({"error": "unsupported_grant_type"}, 400)
+        key = self.issuer.refresh_tokens.get(str(form.get("refresh_token", "")))
+        if key is None:
+            return JSONResponse({"error": "invalid_grant"}, 400)
+        token = self.issuer.mint(key, self.users[key])
+        return JSONResponse({"id_token": token, "access_token": token, "token_type": "Bearer",
+                             "refresh_token": form["refresh_token"], "expires_in": int(self.issuer.lifetime)})
 
     async def cache_file(self, request: Request) -> Response:
         content = self.handlers.cache.get(request.path_params["path"])
@@ -583,6 +607,12 @@ class LocalPandaServer:
 
     def token(self, user: str = "user", lifetime: float | None = None) -> str:
         return self.issuer.mint(user, self.panda.users[user], lifetime)
+
+    def refresh_token(self, user: str = "user") -> str:
+        """A refresh token the server's token endpoint exchanges for new id tokens of ``user``."""
+        token = secrets.token_urlsafe(24)
+        self.issuer.refresh_tokens[token] = user
+        return token
 
     def connection(self, user: str = "user", **extra: Any) -> dict[str, Any]:
         """Airflow's JSON form of a connection to this server as ``user`` (prod gets the role)."""
