@@ -55,46 +55,63 @@ def slow_server():
         yield server
 
 
-@pytest.fixture
-def airflow_cluster(tmp_path, slow_server):
-    """Start the four Airflow components; stop them by PID at the end, also on failure."""
-    panda_server = slow_server
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({
-        "AIRFLOW_HOME": str(tmp_path),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-        "AIRFLOW_CONN_PANDA_DEFAULT": json.dumps(panda_server.connection(retry_wait=0.1)),
-        "PANDA_EXAMPLE_POLL": "0.5",
-    })
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    procs: dict[str, subprocess.Popen] = {}
-    logs = {}
-    for name, args in [("api-server", ["api-server", "--port", str(port)]), ("scheduler", ["scheduler"]),
-                       ("dag-processor", ["dag-processor"]), ("triggerer", ["triggerer"])]:
-        logs[name] = tmp_path / f"{name}.log"
-        procs[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=env, stdout=open(logs[name], "w"),
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield env, procs, logs, tmp_path / "airflow.db"
-    finally:
-        for proc in procs.values():
+class Cluster:
+    """The four Airflow components as separate processes; stopped by PID, also on failure."""
+
+    def __init__(self, home: Path, dags: Path, server, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.home, self.db = home, home / "airflow.db"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        self.env.update({
+            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{self.port}/execution/",
+            "AIRFLOW__API__PORT": str(self.port), "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW_CONN_PANDA_DEFAULT": json.dumps(server.connection(retry_wait=0.1)),
+            **(extra_env or {}),
+        })
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True,
+                       capture_output=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        for name, args in [("api-server", ["api-server", "--port", str(self.port)]), ("scheduler", ["scheduler"]),
+                           ("dag-processor", ["dag-processor"]), ("triggerer", ["triggerer"])]:
+            self.start(name, args)
+
+    def start(self, name: str, args: list[str]) -> None:
+        self.logs[name] = self.home / f"{name}.log"
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "airflow", *args], env=self.env,
+                                            stdout=open(self.logs[name], "a"), stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
+        for proc in self.procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+    def wait_for_dag(self, dag_id: str) -> None:
+        wait_until(lambda: self.db.exists() and query(self.db, "SELECT 1 FROM dag WHERE dag_id=?", dag_id),
+                   180, f"{dag_id} to be parsed", self.procs)
+
+    def trigger(self, dag_id: str, conf: dict) -> None:
+        subprocess.run([sys.executable, "-m", "airflow", "dags", "trigger", dag_id, "-c", json.dumps(conf)],
+                       env=self.env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def airflow_cluster(tmp_path, slow_server):
+    cluster = Cluster(tmp_path, EXAMPLES, slow_server)
+    try:
+        yield cluster.env, cluster.procs, cluster.logs, cluster.db
+    finally:
+        cluster.stop()
 
 
 def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
@@ -134,3 +151,105 @@ def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
     assert "blocked" not in logs["triggerer"].read_text()  # no "async thread was blocked" warning
     print(f"panda_fan_out: {N_TASKS} deferred waits under the real scheduler and triggerer, "
           f"{most_triggers} triggers at once, {elapsed:.0f} s")
+
+
+CRASH_DAG = '''
+import os, time
+from datetime import datetime, timedelta
+from airflow.sdk import DAG
+from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+MARKS = os.environ["PANDA_CRASH_MARKS"]
+
+
+def mark(context):
+    """Say which process runs this try, for the test to kill."""
+    ti = context["ti"]
+    with open(os.path.join(MARKS, f"{ti.task_id}.{ti.try_number}"), "w") as handle:
+        handle.write(str(os.getpid()))
+
+
+def slow_start(context):
+    mark(context)
+    if context["ti"].try_number == 1:
+        time.sleep(6)  # the test kills this try before it sends anything
+
+
+def params(step):
+    name = "user.alice.crash." + step + ".{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}"
+    return {"taskName": name, "vo": "wlcg", "prodSourceLabel": "user", "nEvents": 5, "nEventsPerJob": 5}
+
+
+with DAG("panda_crash", schedule=None, start_date=datetime(2026, 1, 1),
+         default_args={"retries": 2, "retry_delay": timedelta(seconds=1), "poll_interval": 0.5}):
+    SubmitTaskOperator(task_id="before_request", task_params=params("before"), pre_execute=slow_start)
+    SubmitTaskOperator(task_id="after_accept", task_params=params("accept"), on_execute_callback=mark)
+    SubmitTaskOperator(task_id="while_waiting", task_params=params("waiting"), on_execute_callback=mark)
+    SubmitTaskOperator(task_id="while_deferred", task_params=params("deferred"), deferrable=True,
+                       on_execute_callback=mark)
+'''
+
+
+def test_sigkill_at_each_step_leaves_one_panda_task(tmp_path, slow_server):
+    """SIGKILL the worker process before the request, after the server accepted the task but before
+    the id was stored, and while waiting; SIGKILL the triggerer while deferred. Airflow retries (or
+    a new triggerer takes over): every step ends with exactly one PanDA task and a green run."""
+    server = slow_server
+    server.sim.add_rule(r"\.crash\.", ["hang"])  # the tasks run until the test lets them end
+    dags, marks = tmp_path / "dags", tmp_path / "marks"
+    dags.mkdir()
+    marks.mkdir()
+    (dags / "panda_crash.py").write_text(CRASH_DAG)
+    cluster = Cluster(tmp_path / "home", dags, server, {"PANDA_CRASH_MARKS": str(marks)})
+    try:
+        cluster.wait_for_dag("panda_crash")
+        server.panda.submit_delays[r"\.crash\.accept\."] = 8.0  # acted on, then answered late
+        cluster.trigger("panda_crash", {})
+
+        def pid(task: str, attempt: int = 1) -> int | None:
+            path = marks / f"{task}.{attempt}"
+            return int(path.read_text()) if path.exists() and path.read_text() else None
+
+        def tasks(step: str):
+            return [t for t in server.sim.tasks.values() if f".crash.{step}." in t.name]
+
+        killed = {}
+        # before the request: the first try sleeps before submitting
+        killed["before_request"] = wait_until(lambda: pid("before_request"), 120, "before_request to start",
+                                              cluster.procs)
+        os.kill(killed["before_request"], signal.SIGKILL)
+        assert not tasks("before")
+        # after the server accepted the task, before the answer (so the id) reached the worker
+        wait_until(lambda: tasks("accept"), 120, "the accepted submission", cluster.procs)
+        killed["after_accept"] = pid("after_accept")
+        os.kill(killed["after_accept"], signal.SIGKILL)
+        # while waiting in the worker
+        wait_until(lambda: [t for t in tasks("waiting") if t.status == "running"], 120, "the wait", cluster.procs)
+        time.sleep(1.5)
+        killed["while_waiting"] = pid("while_waiting")
+        os.kill(killed["while_waiting"], signal.SIGKILL)
+        # while deferred: the triggerer dies; a new one takes the trigger over
+        wait_until(lambda: query(cluster.db, "SELECT 1 FROM trigger WHERE classpath LIKE '%PandaTaskTrigger'"),
+                   120, "the deferral", cluster.procs)
+        time.sleep(1)
+        os.killpg(cluster.procs["triggerer"].pid, signal.SIGKILL)
+        cluster.procs["triggerer"].wait()
+        cluster.start("triggerer", ["triggerer"])
+        # every killed try has been retried and reattached: now let the tasks end
+        for task in ("before_request", "after_accept", "while_waiting"):
+            wait_until(lambda task=task: pid(task, 2), 180, f"the retry of {task}", cluster.procs)
+        time.sleep(3)
+        for step in ("before", "accept", "waiting", "deferred"):
+            for task in tasks(step):
+                server.sim.force(task.task_id, status="running", outcomes=["done"])
+        state = wait_until(lambda: [s for (s,) in query(cluster.db, "SELECT state FROM dag_run") if s in
+                                    ("success", "failed")], 240, "the run to end", cluster.procs)
+        rows = query(cluster.db, "SELECT task_id, state, try_number FROM task_instance")
+        assert state == ["success"], rows
+        tries = {task: number for task, _, number in rows}
+        assert all(tries[task] >= 2 for task in killed), tries
+        counts = {step: len(tasks(step)) for step in ("before", "accept", "waiting", "deferred")}
+        print(f"SIGKILL at each step: PanDA tasks per step {counts}, Airflow tries {tries}")
+        assert counts == {"before": 1, "accept": 1, "waiting": 1, "deferred": 1}
+    finally:
+        cluster.stop()

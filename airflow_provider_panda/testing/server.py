@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import json
 import random
+import re
 import secrets
 import socket
 import sys
@@ -324,6 +325,8 @@ class LocalPandaApp:
         self.fault_rate = 0.0
         self.fault_kinds: list[str] = ["500", "502", "503", "429", "after:503", "after:502"]
         self._rng = random.Random(0)
+        #: Task-name pattern -> seconds: the next submission of such a name is answered that late.
+        self.submit_delays: dict[str, float] = {}
         self.app = Starlette(routes=[
             Route("/api/{version}/{module}/{method}", self.dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/auth/{vo}_auth_config.json", self.auth_config, methods=["GET"]),
@@ -427,6 +430,11 @@ class LocalPandaApp:
         except ValueError as exc:
             return Response(f"ERROR : received invalid JSON : {exc}", 500, media_type="text/plain")
         result = self._validated(endpoint, handler, caller, request.method, params or {})
+        name = str((params or {}).get("task_parameters", {}).get("taskName", "")) if endpoint is api.TASK_SUBMIT else ""
+        for pattern, seconds in list(self.submit_delays.items()):
+            if name and re.search(pattern, name):  # act, then answer late: a window to kill the caller in
+                del self.submit_delays[pattern]
+                await asyncio.sleep(seconds)
         if fault.startswith("after:"):
             return Response("injected fault after acting", int(fault[6:]), media_type="text/plain")
         if fault.startswith("slow:"):
@@ -540,6 +548,9 @@ class LocalPandaApp:
                 user = User(body.get("name", key), body.get("preferred_username", key), groups)
                 self.users[key] = user
             return JSONResponse({"token": self.issuer.mint(key, user, body.get("lifetime"))})
+        if action == "delay_submit":
+            self.submit_delays[body["pattern"]] = float(body["seconds"])
+            return JSONResponse({"ok": True})
         if action == "bulk":
             user = self.users[body.get("user", "user")]
             ids = self.sim.bulk_running(int(body.get("n", 1)), user, body.get("outcomes", ["hang"]))
