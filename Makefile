@@ -20,7 +20,7 @@ install: $(STAMP)
 
 ## Run the test suite against the local PanDA server (what CI runs first).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 3 tests
 
 ## The same suite on the oldest Airflow release pyproject.toml admits.
 $(OLD_STAMP): pyproject.toml
@@ -31,13 +31,13 @@ $(OLD_STAMP): pyproject.toml
 
 test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -c 'import airflow; print("Airflow", airflow.__version__)'
-	$(OLD_VENV)/bin/python -m pytest -q tests
+	$(OLD_VENV)/bin/python -m pytest -q -n 3 tests
 
 ## The contract suite and the operators' flows against the real panda-server + JEDI (needs root).
 test-real: $(STAMP)
 	@start=$$(date +%s); \
 	$(PY) -m integration.real_panda.harness up && \
-	REAL_PANDA=1 REAL_PANDA_KEEP=1 $(PY) -m pytest -q tests/test_contract.py tests/test_real_flows.py -k real; \
+	REAL_PANDA=1 REAL_PANDA_KEEP=1 $(PY) -m pytest -q -n 2 tests/test_contract.py tests/test_real_flows.py -k real; \
 	status=$$?; $(PY) -m integration.real_panda.harness down; \
 	echo "real-server tier took $$(( $$(date +%s) - start )) s"; exit $$status
 

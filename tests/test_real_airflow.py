@@ -142,15 +142,16 @@ def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
     assert len(tasks) == N_TASKS and len({t.name for t in tasks}) == N_TASKS  # one PanDA task per map index
     # The waits ran in the triggerer: trigger rows existed for them, each mapped task has a trigger
     # log with our status lines, and the status polls came from the async (httpx) client that only
-    # the trigger uses.
+    # the triggerer uses; its waits shared one poller, so fewer polls than waits.
     assert most_triggers >= N_TASKS // 2, most_triggers
     trigger_logs = list(db.parent.glob("logs/dag_id=panda_fan_out/*/task_id=submit/map_index=*/*.trigger.*.log"))
     assert len({p.parent for p in trigger_logs}) == N_TASKS
     assert all("-> done" in p.read_text() for p in trigger_logs if "Trigger fired event" in p.read_text())
-    assert panda_server.panda.clients["airflow-provider-panda (httpx)"] - polls_before >= N_TASKS
+    polls = panda_server.panda.clients["airflow-provider-panda (httpx)"] - polls_before
+    assert 1 <= polls < N_TASKS, polls
     assert "blocked" not in logs["triggerer"].read_text()  # no "async thread was blocked" warning
     print(f"panda_fan_out: {N_TASKS} deferred waits under the real scheduler and triggerer, "
-          f"{most_triggers} triggers at once, {elapsed:.0f} s")
+          f"{most_triggers} triggers at once, {polls} triggerer requests, {elapsed:.0f} s")
 
 
 CRASH_DAG = '''
