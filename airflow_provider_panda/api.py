@@ -110,8 +110,6 @@ TASK_FINAL = frozenset({"done", "finished", "failed", "broken", "aborted"})
 TASK_STOPPED = TASK_FINAL | {"exhausted"}
 TASK_DEFAULT_SUCCESS: tuple[str, ...] = ("done",)
 TASK_DEFAULT_FAILURE: tuple[str, ...] = ("failed", "broken", "aborted", "exhausted", "finished")
-#: What a kill or finish leads to: reaching one of these means the command's goal is met.
-TASK_TERMINATED = TASK_FINAL
 
 JOB_STATUSES: tuple[str, ...] = (
     "pending", "defined", "assigned", "activated", "sent", "starting", "running", "holding",

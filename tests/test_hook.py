@@ -404,3 +404,19 @@ def test_https_with_the_connections_ca_even_when_requests_ca_bundle_is_set(monke
         monkeypatch.setenv("AIRFLOW_CONN_PANDA_TLS_NOCA", json.dumps(conn))
         with pytest.raises(PandaTransportError, match="CERTIFICATE_VERIFY_FAILED"):
             PandaHook("panda_tls_noca").get_job_ids(1)
+
+
+def test_a_new_task_with_id_3_is_not_taken_for_a_reexecution(monkeypatch, capsys):
+    """On success ``data`` is the new task's id: id 3 must not read as submission code 3."""
+    import itertools
+    import json
+
+    from airflow_provider_panda.testing.server import LocalPandaServer
+
+    with LocalPandaServer(step=0.05) as server:
+        server.sim._task_ids = itertools.count(3)
+        monkeypatch.setenv("AIRFLOW_CONN_PANDA_THREE", json.dumps(server.connection()))
+        capsys.readouterr()
+        assert PandaHook("panda_three").submit_task(task_params("three")) == 3
+        out = "".join(capsys.readouterr())
+    assert "Submitted PanDA task" in out and "re-executes" not in out

@@ -124,7 +124,8 @@ class PandaHook(BaseHook):
                                      exc.task_id)
                     return exc.task_id
                 raise
-            if answer.get("data") == api.SubmitCode.INCREMENTAL or api.is_incremental_message(answer.get("message")):
+            # on success ``data`` is the task's id, not a code: only the message tells a re-execution
+            if api.is_incremental_message(answer.get("message")):
                 self.log.warning("PanDA re-executes the existing task %r (jediTaskID=%s): %s",
                                  task_params["taskName"], task_id, answer.get("message"))
             else:
