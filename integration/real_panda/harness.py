@@ -307,7 +307,7 @@ def configure(state: dict) -> None:
     jedi = (templates / "panda_jedi.cfg.rpmnew").read_text()
     jedi = jedi.replace("@@panda_user@@", "").replace("@@panda_group@@", "")
     jedi = set_keys(jedi, "master", {"uname": "", "gname": ""})
-    jedi = set_keys(jedi, "db", {**db, "nWorkers": "2"})
+    jedi = set_keys(jedi, "db", {**db, "nWorkers": "5"})  # fewer DB proxies can starve JEDI's agents
     jedi = set_keys(jedi, "ddm", {"modConfig": "wlcg:1:integration.real_panda.ddm_client:LocalDDMClient"})
     for section in ("confeeder", "taskrefine", "jobgen", "postprocessor", "tcommando"):
         jedi = set_keys(jedi, section, {"nWorkers": "1", "loopCycle": "5"})
@@ -363,6 +363,49 @@ def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None 
     save_state(state)
 
 
+def start_jedi(state: dict, attempts: int = 5) -> None:
+    """Start JEDI and make sure its agents work: a start now and then hangs an agent on its first
+    cycle (seen with the PostProcessor), so wait for a full PostProcessor cycle, else restart."""
+    jedi_pid = STATE_DIR / "jedi.pid"
+    command = [str(VENV / "bin" / "python"), str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
+               "--pid", str(jedi_pid)]
+    for attempt in range(1, attempts + 1):
+        post_log = STATE_DIR / "log" / "panda-PostProcessor.log"
+        seen = post_log.read_text(errors="replace").count("> done") if post_log.exists() else 0
+        start_process(state, "jedi", command, pid_file=jedi_pid)
+        deadline = time.monotonic() + 40  # a good start finishes its first cycle within seconds
+        while time.monotonic() < deadline:
+            if post_log.exists() and post_log.read_text(errors="replace").count("> done") > seen:
+                return
+            time.sleep(1)
+        log(f"JEDI's PostProcessor did not complete a cycle (start {attempt}); restarting JEDI")
+        stop_process(state, "jedi")
+    raise RuntimeError(f"JEDI did not come up; see {STATE_DIR / 'log'}")
+
+
+def stop_process(state: dict, name: str) -> None:
+    pid = state.get(f"{name}_pid")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not alive(pid):
+            break
+        try:
+            os.killpg(os.getpgid(pid), sig)
+        except OSError:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if name == "jedi":  # its agents run in their own process groups
+        run(["pkill", "-f", "jediorder/JediMaster.py.*" + str(STATE_DIR)], check=False)
+    state.pop(f"{name}_pid", None)
+    (STATE_DIR / f"{name}.pid").unlink(missing_ok=True)
+    (STATE_DIR / f"{name}.pid.lock").unlink(missing_ok=True)
+    save_state(state)
+
+
 def base_url(state: dict) -> str:
     return f"http://127.0.0.1:{state['server_port']}"
 
@@ -399,9 +442,7 @@ def up() -> dict:
                                     "--no-control-socket", "-b", f"127.0.0.1:{state['server_port']}",
                                     "--timeout", "120", "integration.real_panda.wsgi_wrapper:application"])
     wait_ready(state)
-    jedi_pid = STATE_DIR / "jedi.pid"
-    start_process(state, "jedi", [python, str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
-                                  "--pid", str(jedi_pid)], pid_file=jedi_pid)
+    start_jedi(state)
     daemon_pid = STATE_DIR / "daemons.pid"
     start_process(state, "daemons", [python, "-m", "pandaserver.daemons.master", "-P", str(daemon_pid)],
                   pid_file=daemon_pid)
@@ -414,24 +455,7 @@ def up() -> dict:
 def down() -> None:
     state = load_state()
     for name in ("daemons", "jedi", "server"):
-        pid = state.get(f"{name}_pid")
-        if alive(pid):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(os.getpgid(pid), sig)
-                except OSError:
-                    try:
-                        os.kill(pid, sig)
-                    except OSError:
-                        pass
-                deadline = time.monotonic() + 10
-                while alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                if not alive(pid):
-                    break
-        state.pop(f"{name}_pid", None)
-        (STATE_DIR / f"{name}.pid").unlink(missing_ok=True)
-        (STATE_DIR / f"{name}.pid.lock").unlink(missing_ok=True)
+        stop_process(state, name)
     # JEDI forks workers into their own process groups: end any left over from this directory.
     run(["pkill", "-f", str(VENV)], check=False)
     if (PG_DATA / "postmaster.pid").exists():
