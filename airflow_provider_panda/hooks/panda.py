@@ -8,9 +8,7 @@ retried with backoff and jitter; a submission only when a repeat is answered as 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
-import json
 import os
 import struct
 from collections.abc import Iterable
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 from airflow_provider_panda import api, calls, transport
+from airflow_provider_panda.auth import claims as token_claims
 from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
@@ -234,7 +233,9 @@ class PandaHook(BaseHook):
         token = self.config.read_token()
         if not token:
             raise PandaInputError("the connection has no OIDC id token to read a user name from")
-        claims = decode_token_claims(token)
+        claims = token_claims(token)
+        if not claims:
+            raise PandaInputError("the id token is not a JWT with a JSON payload")
         name = claims.get("name")
         if name is not None:
             name = " ".join(t[:1].upper() + t[1:].lower() for t in str(name).split())
@@ -258,19 +259,6 @@ class PandaHook(BaseHook):
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return True, f"Connected to {self.config.base_url} and the credentials were accepted"
-
-
-def decode_token_claims(token: str) -> dict[str, Any]:
-    """The payload of a JWT, base64url-decoded without a signature check (as panda-client does)."""
-    try:
-        payload = token.split(".")[1]
-        payload += "=" * (-len(payload) % 4)
-        claims = json.loads(base64.urlsafe_b64decode(payload.encode()))
-    except (IndexError, ValueError) as exc:
-        raise PandaInputError(f"the id token is not a JWT ({type(exc).__name__})") from None
-    if not isinstance(claims, dict):
-        raise PandaInputError("the id token's payload is not a JSON object")
-    return claims
 
 
 @functools.lru_cache(maxsize=16)

@@ -54,6 +54,12 @@ def as_task_id(value: Any, what: str = "jedi_task_id") -> int:
     return check_id(value, what)
 
 
+def task_failed(hook: PandaHook, task_id: int, status: str | None) -> PandaTaskFailedError:
+    """The error a failed wait raises: status, failed jobs, commonest job errors, monitor link."""
+    return PandaTaskFailedError(failure_message(task_id, status, hook.get_task_jobs(task_id),
+                                                hook.monitor_url(task_id)), task_id, status or "unknown")
+
+
 def _default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
@@ -174,10 +180,7 @@ class _PandaTaskWaiter(BaseOperator):
             self._act_on_timeout(task_id, status)
         if verdict == ERROR:
             raise PandaError(f"PanDA task {task_id} is not known to the server")
-        raise PandaTaskFailedError(
-            failure_message(task_id, status, self.hook.get_task_jobs(task_id), self.hook.monitor_url(task_id)),
-            task_id, status or "unknown",
-        )
+        raise task_failed(self.hook, task_id, status)
 
     def _act_on_timeout(self, task_id: int, status: str | None) -> None:
         action = ""

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_provider_panda import api
-from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError, PandaTaskFailedError
+from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError
 from airflow_provider_panda.links import PandaTaskLink
-from airflow_provider_panda.operators.task import as_task_id
-from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec, failure_message
+from airflow_provider_panda.operators.task import as_task_id, task_failed
+from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -59,11 +59,6 @@ class TaskStatusSensor(BaseSensorOperator):
 
         return PandaHook(self.panda_conn_id)
 
-    def _fail(self, task_id: int, status: str | None) -> PandaTaskFailedError:
-        jobs = self.hook.get_task_jobs(task_id)
-        return PandaTaskFailedError(failure_message(task_id, status, jobs, self.hook.monitor_url(task_id)),
-                                    task_id, status or "unknown")
-
     def poke(self, context: Context) -> bool:
         task_id = as_task_id(self.jedi_task_id)
         if self._watch is None or self._watch.task_id != task_id:
@@ -77,7 +72,7 @@ class TaskStatusSensor(BaseSensorOperator):
         if self._watch.moved:
             self._watch.log_jobs(self.hook.get_task_jobs(task_id))
         if verdict == FAILURE:
-            raise self._fail(task_id, status)
+            raise task_failed(self.hook, task_id, status)
         if verdict == ERROR:
             raise PandaError(f"PanDA task {task_id} is not known to the server")
         return verdict == SUCCESS
@@ -110,5 +105,5 @@ class TaskStatusSensor(BaseSensorOperator):
                 from airflow.exceptions import AirflowSensorTimeout
             raise AirflowSensorTimeout(f"PanDA task {task_id} still {status} after {self.timeout} s")
         if event["status"] == FAILURE:
-            raise self._fail(task_id, status)
+            raise task_failed(self.hook, task_id, status)
         raise PandaError(event.get("message") or f"waiting on PanDA task {task_id} failed")

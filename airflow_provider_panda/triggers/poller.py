@@ -53,7 +53,6 @@ class SharedPoller:
     covered: set[int] = field(default_factory=set)  # tasks the modified-since answer has shown
     bulk: bool = True  # False once the server is found not to serve modified-since
     last_ok_start: datetime | None = None
-    rounds: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _loop_task: asyncio.Task | None = None
 
@@ -122,7 +121,6 @@ class SharedPoller:
                     return
                 except Exception as exc:  # every waiter keeps waiting; the next round tries again
                     self.log.warning("PanDA status round failed (%s); all waits continue", exc)
-                self.rounds += 1
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
         finally:
             _REGISTRY.pop((id(asyncio.get_running_loop()), *self.key), None)
