@@ -43,6 +43,12 @@ TASK_RETRY = Endpoint("task/retry", "POST", task_owner=True)
 TASK_RESUME = Endpoint("task/resume", "POST", production=True)
 TASK_REACTIVATE = Endpoint("task/reactivate", "POST", production=True)
 TASK_MODIFIED_SINCE = Endpoint("task/get_tasks_modified_since", "GET")
+#: Every JediTaskSpec field of one task (status, attemptNr, stateChangeTime, errorDialog, ...) plus
+#: input-file progress (nFiles, nFilesFinished, nFilesFailed, pctFinished) and ``raw_task_params``.
+TASK_DETAILED_INFO = Endpoint("task/get_detailed_info", "GET")
+#: The caller's tasks matching field filters (``{"taskName": name}``), each as get_detailed_info has
+#: it; only tasks modified within the server's 90-day window are searched.
+TASK_DETAILED_INFO_SINCE = Endpoint("task/get_tasks_detailed_info_since", "GET")
 JOB_DESCRIPTION = Endpoint("job/get_description", "POST")
 JOB_DESCRIPTION_ARCHIVE = Endpoint("job/get_description_incl_archive", "POST")
 JOB_KILL = Endpoint("job/kill", "POST")
@@ -56,7 +62,8 @@ PILOT_UPDATE_JOB = Endpoint("pilot/update_job", "POST", production=True)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     IS_ALIVE, TASK_SUBMIT, TASK_GET_STATUS, TASK_GET_PARAMS, TASK_GET_JOB_IDS, TASK_KILL,
-    TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, JOB_DESCRIPTION,
+    TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, TASK_DETAILED_INFO,
+    TASK_DETAILED_INFO_SINCE, JOB_DESCRIPTION,
     JOB_DESCRIPTION_ARCHIVE, JOB_KILL, JOB_METADATA, JOB_SET_COMMAND, FILE_RECOVERY, FILE_UPLOAD,
     FILE_VALIDATE, PILOT_ACQUIRE_JOBS, PILOT_UPDATE_JOB,
 )
@@ -129,6 +136,17 @@ COMMAND_ALLOWED_FROM: dict[str, frozenset[str]] = {
     "resume": frozenset({"paused", "throttled", "staging"}),
     "incexec": frozenset({"finished", "failed", "aborted", "done", "exhausted"}),
 }
+#: The only task type panda-server checks for duplicate names (``insertTaskParamsPanda``). It forces
+#: it on callers without the production role, so a submission without ``taskType`` gets it too.
+DUPLICATE_CHECKED_TASK_TYPE = "anal"
+
+
+def submission_is_repeatable(params: dict[str, Any]) -> bool:
+    """Whether the server answers a repeat of this submission as a duplicate, so that resending it
+    after a lost answer cannot create a second task: ``uniqueTaskName`` and a checked task type."""
+    return params.get("uniqueTaskName") is True and params.get("taskType") in (None, DUPLICATE_CHECKED_TASK_TYPE)
+
+
 #: Task statuses in which a same-name submission is a duplicate (not an incremental execution).
 RESUBMITTABLE_FROM = COMMAND_ALLOWED_FROM["incexec"]
 #: Task statuses of a running analysis task in which retry acts on its failed jobs.
@@ -151,6 +169,11 @@ SANDBOX_NO_BUILD_LIMIT = 10 * MB
 SANDBOX_LIMIT = 768 * MB
 MAX_JOB_IDS_PER_CALL = 5500
 MAX_PILOT_COMMAND_LENGTH = 250
+#: How far back ``task/get_tasks_detailed_info_since`` looks (``getTaskIDsWithCriteria_JEDI`` caps it).
+LOOKUP_WINDOW_DAYS = 90
+#: Characters that make the server apply a filter value as a regular expression over every task of
+#: the caller instead of an SQL equality (``get_tasks_detailed_info_since``).
+FILTER_REGEX_CHARACTERS = r"^$*+?\|()"
 
 
 def upload_size_limit(file_name: str) -> int:

@@ -56,6 +56,13 @@ def check_id(value: Any, what: str = "jedi_task_id") -> int:
     return value
 
 
+def as_task_id(value: Any, what: str = "jedi_task_id") -> int:
+    """A jediTaskID from an int or a rendered template string such as ``"12345"``."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return check_id(value, what)
+
+
 def check_ids(values: Any, what: str = "job_ids") -> list[int]:
     if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
         raise PandaInputError(f"{what} must be a list of positive integers, got {type(values).__name__}")
@@ -190,12 +197,13 @@ def submit_task(task_params: dict[str, Any], parent_task_id: int | None = None) 
     params = check_task_params(task_params)
     if parent_task_id is not None:
         check_id(parent_task_id, "parent_task_id")
-    # Only a uniqueTaskName submission is answered as a duplicate when repeated: only it is retried.
+    # Only a submission the server's duplicate check covers is answered as a duplicate when
+    # repeated: only it is resent after a lost answer.
     return Call(
         api.TASK_SUBMIT,
         {"task_parameters": params, "parent_tid": parent_task_id},
         _submit,
-        idempotent=params.get("uniqueTaskName") is True,
+        idempotent=api.submission_is_repeatable(params),
     )
 
 
@@ -241,6 +249,29 @@ def resume_task(task_id: int) -> Call:
 
 def reactivate_task(task_id: int) -> Call:
     return Call(api.TASK_REACTIVATE, {"task_id": check_id(task_id)}, _command("reactivate"))
+
+
+def get_task_info(task_id: int) -> Call:
+    """Task-level facts in one read: status, attemptNr, stateChangeTime, errorDialog, file counts."""
+    return Call(api.TASK_DETAILED_INFO, {"task_id": check_id(task_id)}, _typed(dict, "task details"))
+
+
+def find_tasks_by_name(task_name: str) -> Call:
+    """The caller's tasks named ``task_name`` (modified within the server's lookup window)."""
+    if not isinstance(task_name, str) or not task_name.strip():
+        raise PandaInputError("task_name must be a non-empty string")
+    pattern = task_name
+    if any(c in api.FILTER_REGEX_CHARACTERS for c in task_name):
+        pattern = "^" + re.escape(task_name) + "$"  # the server applies it as a regex: anchor it
+    payload = {"filters": json.dumps({"taskName": pattern})}
+
+    def interpret(env: dict[str, Any]) -> list[dict[str, Any]]:
+        data = _data(env)
+        if not isinstance(data, list):
+            raise PandaResponseError(f"task lookup: expected a list, the server sent {type(data).__name__}")
+        return [t for t in data if isinstance(t, dict) and t.get("taskName") == task_name]
+
+    return Call(api.TASK_DETAILED_INFO_SINCE, payload, interpret)
 
 
 def get_tasks_modified_since(since: datetime | str) -> Call:

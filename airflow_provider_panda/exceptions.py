@@ -83,3 +83,20 @@ class PandaTaskFailedError(PandaError):
 
 class PandaTimeoutError(PandaError):
     """A wait ran past its timeout."""
+
+
+class PandaTaskNameTaken(PandaError):
+    """The taskName is already held by a PanDA task this Airflow task instance did not submit."""
+
+    def __init__(self, message: str, task_id: int, status: str | None):
+        self.task_id = task_id
+        self.status = status
+        super().__init__(message)
+
+
+class PandaSubmissionUnknownError(PandaError):
+    """A submission got no answer and its task could not be found: it may or may not exist."""
+
+    def __init__(self, message: str, task_name: str):
+        self.task_name = task_name
+        super().__init__(message)

@@ -69,6 +69,59 @@ class WaitSpec:
         return None
 
 
+def _stamp(value: Any) -> str | None:
+    """A time from the server (datetime or text) as comparable text."""
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+@dataclass(frozen=True)
+class StaleMark:
+    """A status left over from before a command (``failed`` right after a retry), with what the task
+    said then: its attempt number, last state change and error dialog. The same status read later
+    with any of those changed is a new outcome (the retry ran and ended, or JEDI refused it), so a
+    retry that fails again between two polls is still seen; without them (a server without
+    ``task/get_detailed_info``) only a different status in between, or the grace, ends the staleness.
+    """
+
+    status: str
+    attempt: int | None = None
+    changed: str | None = None
+    dialog: str | None = None
+
+    @classmethod
+    def of(cls, status: str, info: dict[str, Any] | None) -> StaleMark:
+        if not info:
+            return cls(status)
+        attempt = info.get("attemptNr")
+        return cls(status, attempt if isinstance(attempt, int) else None, _stamp(info.get("stateChangeTime")),
+                   info.get("errorDialog"))
+
+    @property
+    def checkable(self) -> bool:
+        return self.attempt is not None or self.changed is not None
+
+    def superseded_by(self, info: dict[str, Any]) -> bool:
+        """Whether the task has moved on since the mark was taken (a new attempt or state change)."""
+        attempt = info.get("attemptNr")
+        return ((self.attempt is not None and isinstance(attempt, int) and attempt != self.attempt)
+                or (self.changed is not None and _stamp(info.get("stateChangeTime")) != self.changed)
+                or info.get("errorDialog") != self.dialog)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "attempt": self.attempt, "changed": self.changed, "dialog": self.dialog}
+
+    @classmethod
+    def load(cls, value: Any) -> StaleMark | None:
+        """From a trigger kwarg or XCom: None, a bare status (older triggers), or :meth:`to_dict`."""
+        if value is None or isinstance(value, StaleMark):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        return cls(value["status"], value.get("attempt"), value.get("changed"), value.get("dialog"))
+
+
 @dataclass
 class TaskWatch:
     """One wait on one task: remembers the last status, logs changes, enforces the not-found grace."""
@@ -81,20 +134,31 @@ class TaskWatch:
     previous_status: str | None = None
     changed: bool = False
     not_found_grace: float = NOT_FOUND_GRACE
-    #: A status left over from before a command (e.g. ``failed`` right after a retry): it does not
-    #: end the wait until the task has left it once, or the grace has passed.
-    stale_status: str | None = None
+    #: A status left over from before a command (see :class:`StaleMark`): it does not end the wait
+    #: until the task has left it, shows a new attempt or state change, or the grace has passed.
+    stale: StaleMark | None = None
+    readings: int = 0
+
+    def __post_init__(self) -> None:
+        self.stale = StaleMark.load(self.stale)
 
     @property
     def moved(self) -> bool:
-        """The last reading was a transition (not the first reading): time to log the job counts.
-        Not on the first reading, so thousands of waits starting together ask for no job lists."""
+        """The last reading was a transition (not the first reading): time to log the progress.
+        Not on the first reading, so thousands of waits starting together ask for nothing more."""
         return self.changed and self.previous_status is not None and self.last_status is not None
 
-    def observe(self, status: str | None) -> str | None:
-        """Feed the status just read (None: the server does not know the task yet); get the verdict."""
+    def needs_info(self, status: str | None) -> bool:
+        """Whether this reading is the stale status and only the task's details can tell whether
+        it is old or new: the caller then reads ``task/get_detailed_info`` and passes it on."""
+        return self.stale is not None and status == self.stale.status and self.stale.checkable
+
+    def observe(self, status: str | None, info: dict[str, Any] | None = None) -> str | None:
+        """Feed the status just read (None: the server does not know the task yet) and, when
+        :meth:`needs_info` said so, the task's details; get the verdict."""
         self.previous_status = self.last_status
-        self.changed = status != self.last_status
+        self.changed = status != self.last_status or not self.readings
+        self.readings += 1
         if self.changed:
             if status is None:
                 self.log.info("PanDA task %s is not visible yet (queued in DEFT)", self.task_id)
@@ -104,17 +168,31 @@ class TaskWatch:
         overdue = time.monotonic() - self.started > self.not_found_grace
         if status is None:
             return ERROR if overdue else None
-        if self.stale_status is not None:
-            if status == self.stale_status and not overdue:
-                return None
-            self.stale_status = None
+        if self.stale is not None:
+            if status == self.stale.status:
+                if info is not None and self.stale.superseded_by(info):
+                    self.log.info("PanDA task %s: %s again (attempt %s)", self.task_id, status, info.get("attemptNr"))
+                elif not overdue:
+                    return None
+            self.stale = None
         return self.spec.classify(status)
 
-    def log_jobs(self, jobs: list[dict[str, Any] | None]) -> None:
-        counts = job_counts(jobs)
-        if counts:
-            self.log.info("PanDA task %s jobs: %s", self.task_id,
-                          ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    def log_progress(self, info: dict[str, Any] | None) -> None:
+        """One line of task-level progress (input files done and failed), from ``get_task_info``."""
+        line = progress_line(info)
+        if line:
+            self.log.info("PanDA task %s: %s", self.task_id, line)
+
+
+def progress_line(info: dict[str, Any] | None) -> str:
+    """``"3 of 10 input files finished, 1 failed (30%); attempt 1"`` from a task's details."""
+    if not info or not isinstance(info.get("nFiles"), int) or not info["nFiles"]:
+        return ""
+    text = (f"{info.get('nFilesFinished') or 0} of {info['nFiles']} input files finished, "
+            f"{info.get('nFilesFailed') or 0} failed ({info.get('pctFinished') or 0}%)")
+    if info.get("attemptNr"):
+        text += f"; attempt {info['attemptNr']}"
+    return text
 
 
 def job_counts(jobs: Iterable[dict[str, Any] | None]) -> dict[str, int]:
@@ -137,12 +215,22 @@ def top_errors(jobs: Iterable[dict[str, Any] | None], limit: int = 3) -> list[tu
     return errors.most_common(limit)
 
 
-def failure_message(task_id: int, status: str | None, jobs: list[dict[str, Any] | None], monitor_url: str) -> str:
-    """What a failed wait says: the status, the failed job count, the commonest errors, the monitor link."""
-    counts = job_counts(jobs)
-    failed = sum(n for s, n in counts.items() if s in api.JOB_FAILED)
-    lines = [f"PanDA task {task_id} ended {status}: {failed} of {sum(counts.values())} jobs failed."]
-    for text, count in top_errors(jobs):
-        lines.append(f"  {count} x {text}")
+def failure_message(task_id: int, status: str | None, info: dict[str, Any] | None,
+                    jobs: list[dict[str, Any] | None] | None, monitor_url: str) -> str:
+    """What a failed wait says: the status, the task's own explanation (``errorDialog``), its file
+    counts, the commonest errors of a sample of its newest jobs, and the monitor link. ``info`` and
+    ``jobs`` are best-effort (None when they could not be read): the failure is reported anyway."""
+    lines = [f"PanDA task {task_id} ended {status}."]
+    if info and info.get("errorDialog"):
+        lines.append(f"  PanDA says: {str(info['errorDialog'])[:1000]}")
+    progress = progress_line(info)
+    if progress:
+        lines.append(f"  {progress}")
+    if jobs:
+        counts = job_counts(jobs)
+        failed = sum(n for s, n in counts.items() if s in api.JOB_FAILED)
+        lines.append(f"  {failed} of the {sum(counts.values())} newest jobs failed.")
+        for text, count in top_errors(jobs):
+            lines.append(f"  {count} x {text}")
     lines.append(f"Monitor: {monitor_url}")
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -12,11 +14,15 @@ from typing import Any
 
 import pytest
 
-# Airflow reads its home at import: give the whole test session a private one, before any import.
-_HOME = tempfile.mkdtemp(prefix="airflow-panda-tests-")
-os.environ.setdefault("AIRFLOW_HOME", _HOME)
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", os.path.join(_HOME, "dags"))
+# Airflow reads its home at import: give each test process (each xdist worker) a private one, with
+# its own metadata database and dags folder, before any import. Nothing is shared between workers.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+_HOME = tempfile.mkdtemp(prefix=f"airflow-panda-tests-{_WORKER}-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
 
 from airflow_provider_panda.testing.server import LocalPandaServer  # noqa: E402
 
@@ -27,6 +33,20 @@ STEP = 0.05
 def panda_server() -> Iterator[LocalPandaServer]:
     with LocalPandaServer(step=STEP) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _server_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Whatever a test did to the shared local server's clock, faults or hidden tasks is undone
+    after it, pass or fail, so the next test on this worker starts from a running server."""
+    yield
+    if "panda_server" in request.fixturenames:
+        server = request.getfixturevalue("panda_server")
+        server.sim.clock.freeze(False)
+        server.sim.hidden.clear()
+        server.sim.scripted.clear()
+        server.panda.faults.clear()
+        server.panda.fault_rate = 0.0
 
 
 @pytest.fixture(scope="session")

@@ -348,18 +348,42 @@ def test_client_errors_are_not_retried(hook, panda_server):
     assert panda_server.panda.requests["task/get_status"] == before + 1
 
 
-def test_plain_submission_is_not_retried(hook, panda_server):
-    params = task_params("noretry")
-    params.pop("uniqueTaskName")
-    panda_server.panda.faults.append("after:503")
-    with pytest.raises(PandaServerError):
-        hook.submit_task(params)
-    assert [t for t in panda_server.sim.tasks.values() if t.name == params["taskName"]]  # it was created once
+def _named(panda_server, name):
+    return [t.task_id for t in panda_server.sim.tasks.values() if t.name == name]
+
+
+@pytest.mark.parametrize("unrepeatable", [{"uniqueTaskName": False}, {"taskType": "prod"}])
+def test_a_submission_the_server_would_not_recognise_is_sent_once_and_looked_up(prod_hook, panda_server,
+                                                                               unrepeatable):
+    """No duplicate check on the server (no uniqueTaskName, or a production-role task of another
+    type): a lost answer is never resent; the task is found by name among the new tasks."""
+    first = task_params("once", **unrepeatable)
+    old = prod_hook.submit_task(first)
+    wait_status(prod_hook, old, {"done"})
+    params = task_params("once", **unrepeatable, taskName=first["taskName"], nEvents=20)
+    sent = panda_server.panda.requests["task/submit"]
+    panda_server.panda.faults.append("after:503@task/submit")
+    task_id = prod_hook.submit_task(params)
+    assert panda_server.panda.requests["task/submit"] == sent + 1  # sent once
+    assert sorted(_named(panda_server, params["taskName"])) == [old, task_id]  # the new one, not the old one
+
+
+def test_a_lost_unrepeatable_submission_whose_task_is_not_visible_is_an_unknown_outcome(prod_hook, panda_server):
+    from airflow_provider_panda.exceptions import PandaSubmissionUnknownError
+
+    params = task_params("unknown", taskType="prod")
+    panda_server.sim.clock.freeze(True)  # only DEFT has it: no lookup can find it yet
+    prod_hook.lost_submission_wait = 0.5
+    panda_server.panda.faults.append("after:503@task/submit")
+    with pytest.raises(PandaSubmissionUnknownError, match="not resent") as info:
+        prod_hook.submit_task(params)
+    assert params["taskName"] in str(info.value) and info.value.task_name == params["taskName"]
+    assert len(_named(panda_server, params["taskName"])) == 1  # created once, never resent
 
 
 def test_lost_answer_to_unique_submission_reattaches(hook, panda_server):
     params = task_params("lost")
-    panda_server.panda.faults.append("after:503")
+    panda_server.panda.faults.append("after:503@task/submit")
     task_id = hook.submit_task(params)
     same_name = [t.task_id for t in panda_server.sim.tasks.values() if t.name == params["taskName"]]
     assert same_name == [task_id]
@@ -368,7 +392,7 @@ def test_lost_answer_to_unique_submission_reattaches(hook, panda_server):
 def test_timeout_after_acting_reattaches(conn_env, panda_server):
     hook = PandaHook(conn_env("panda_fast", timeout=0.3))
     params = task_params("slow")
-    panda_server.panda.faults.append("slow:1.0")
+    panda_server.panda.faults.append("slow:1.0@task/submit")
     task_id = hook.submit_task(params)
     assert [t.task_id for t in panda_server.sim.tasks.values() if t.name == params["taskName"]] == [task_id]
 

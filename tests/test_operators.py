@@ -158,21 +158,23 @@ def test_kill_operator_waits_for_aborted_and_accepts_already_killed(panda_server
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killop"))
     wait_status(hook, task_id, {"running"})
     run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
-    assert run.states == {"kill": "success"} and run.xcom("kill") == "aborted"
+    assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
+    assert hook.get_task_status(task_id) == "aborted"
     again = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id})")
-    assert again.states == {"kill": "success"} and again.xcom("kill") == "aborted"
+    assert again.states == {"kill": "success"} and again.xcom("kill") == task_id
 
 
-def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook):
+def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook, capfd):
     """Right after submission only DEFT knows the task and the server refuses commands on it:
     the operator waits until the task is visible, then kills it."""
-    panda_server.sim.clock.freeze(True)
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "young"))
-    import threading
-
-    threading.Timer(0.5, panda_server.sim.clock.freeze, [False]).start()
-    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
-    assert run.states == {"kill": "success"} and run.xcom("kill") == "aborted"
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.hide(task_id, reads=3)
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, "
+                  f"poll_interval=0.05)")
+    assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
+    assert hook.get_task_status(task_id) == "aborted"
+    assert "is not visible yet" in "".join(capfd.readouterr())
 
 
 def test_command_on_an_unknown_task_fails_after_the_grace(panda_server):
@@ -196,7 +198,8 @@ def test_finish_operator_soft(panda_server, hook):
     wait_status(hook, task_id, {"running"})
     run = run_dag(f"FinishTaskOperator(task_id='finish', jedi_task_id={task_id}, soft=True, "
                   f"wait_for_termination=True, {FAST})")
-    assert run.states == {"finish": "success"} and run.xcom("finish") == "done"  # its jobs all completed
+    assert run.states == {"finish": "success"} and run.xcom("finish") == task_id
+    assert hook.get_task_status(task_id) == "done"  # its jobs all completed
 
 
 def test_file_recovery_operator(panda_server, hook):
@@ -209,12 +212,19 @@ def test_file_recovery_operator(panda_server, hook):
 
 
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
-def test_sensor_modes(panda_server, hook, mode):
-    task_id = hook.submit_task(task_params("sens"))
+def test_sensor_modes(panda_server, hook, capfd, mode):
+    """The task is running when the sensor starts and invisible for its first reads: the sensor
+    must poke (or poll) several times, see the change, and succeed only on done."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "sens"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.hide(task_id, reads=2)
+    panda_server.sim.after_reads(task_id, reads=3, status="done")
     args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
-    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id='{task_id}', poke_interval=0.1, timeout=30, {args})")
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id='{task_id}', poke_interval=0.1, timeout=60, {args})")
     assert run.states == {"wait": "success"}
     assert hook.get_task_status(task_id) == "done"
+    out = "".join(capfd.readouterr())
+    assert "is not visible yet" in out and "-> running" in out and "-> done" in out
 
 
 @pytest.mark.parametrize("mode", ["poke", "deferrable"])

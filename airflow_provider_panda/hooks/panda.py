@@ -24,9 +24,24 @@ from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
     PandaDuplicateTaskError,
+    PandaError,
     PandaInputError,
+    PandaSubmissionUnknownError,
     PandaTransportError,
 )
+
+#: Keys the server sets or changes in the parameters it stores (insertTaskParamsPanda).
+SERVER_SET_KEYS = frozenset({"userName", "taskType", "taskPriority", "workingGroup"})
+
+
+def same_task_params(stored: Any, sent: dict[str, Any]) -> bool:
+    """Whether parameters the server stored are the ones sent (ignoring what the server sets)."""
+    return isinstance(stored, dict) and all(stored.get(k) == v for k, v in sent.items() if k not in SERVER_SET_KEYS)
+
+#: Seconds a lost submission's task is looked for by name (JEDI lists a new task after DEFT has it).
+LOST_SUBMISSION_WAIT = 180.0
+#: How many of a task's newest jobs a failure report reads (a 100,000-job task is not listed whole).
+JOB_SAMPLE = 200
 
 if TYPE_CHECKING:
     import httpx
@@ -49,6 +64,8 @@ class PandaHook(BaseHook):
     def __init__(self, panda_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.panda_conn_id = panda_conn_id
+        #: How long a submission whose answer was lost is looked for before "unknown outcome".
+        self.lost_submission_wait = LOST_SUBMISSION_WAIT
 
     def __repr__(self) -> str:
         return f"PandaHook(panda_conn_id={self.panda_conn_id!r})"
@@ -104,11 +121,16 @@ class PandaHook(BaseHook):
     def submit_task(self, task_params: dict[str, Any], parent_task_id: int | None = None) -> int:
         """Submit a task (insertTaskParams) and return its jediTaskID.
 
-        With ``uniqueTaskName: true`` a lost answer is retried: if the retry is told the task
-        already exists, that task is ours and its id is returned. Any other duplicate raises
-        :class:`PandaDuplicateTaskError` carrying the existing id.
+        A submission the server's duplicate check covers (``uniqueTaskName: true`` and task type
+        ``anal``, see :func:`api.submission_is_repeatable`) is resent after a lost answer, and a
+        duplicate answer to the resend is the task the first send created. Any other submission is
+        sent once: a lost answer is resolved by looking the task up by name (tasks that were not
+        there before, with the parameters sent), else :class:`PandaSubmissionUnknownError`.
+        A duplicate answer to a first send raises :class:`PandaDuplicateTaskError` with the id.
         """
         call = calls.submit_task(task_params, parent_task_id)
+        if not call.idempotent:
+            return self._submit_once(call, task_params)
         attempts = 0
 
         def once() -> int:
@@ -116,27 +138,76 @@ class PandaHook(BaseHook):
             attempts += 1
             try:
                 answer = self._send(call)
-                task_id = call.interpret(answer)
+                return self._read_submission(call, answer, task_params)
             except PandaDuplicateTaskError as exc:
                 if attempts > 1 and exc.task_id:
-                    self.log.warning("Submission retried after a lost answer; reattached to jediTaskID=%s",
+                    self.log.warning("Submission resent after a lost answer; the first send created jediTaskID=%s",
                                      exc.task_id)
                     return exc.task_id
                 raise
-            # on success ``data`` is the task's id, not a code: only the message tells a re-execution
-            if api.is_incremental_message(answer.get("message")):
-                self.log.warning("PanDA re-executes the existing task %r (jediTaskID=%s): %s",
-                                 task_params["taskName"], task_id, answer.get("message"))
-            else:
-                self.log.info("Submitted PanDA task %r: jediTaskID=%s", task_params["taskName"], task_id)
-            return task_id
 
-        if not call.idempotent:
-            return once()
         import tenacity
 
         retrying = tenacity.Retrying(**transport.retrying_kwargs(self.config, self.log, "task/submit"))
         return retrying(once)
+
+    def _read_submission(self, call: Call, answer: dict[str, Any], task_params: dict[str, Any]) -> int:
+        task_id = call.interpret(answer)
+        # on success ``data`` is the task's id, not a code: only the message tells a re-execution
+        if api.is_incremental_message(answer.get("message")):
+            self.log.warning("PanDA re-executes the existing task %r (jediTaskID=%s): %s",
+                             task_params["taskName"], task_id, answer.get("message"))
+        else:
+            self.log.info("Submitted PanDA task %r: jediTaskID=%s", task_params["taskName"], task_id)
+        return task_id
+
+    def _submit_once(self, call: Call, task_params: dict[str, Any]) -> int:
+        """A submission a repeat could duplicate: never resent; a lost answer is looked up."""
+        name = task_params["taskName"]
+        try:
+            before = {t.get("jediTaskID") for t in self.find_tasks_by_name(name)}
+        except PandaError as exc:
+            self.log.warning("Could not list tasks named %r before submitting (%s): a lost answer will "
+                             "not be resolvable", name, exc)
+            before = None
+        try:
+            answer = self._send(call)
+        except PandaError as exc:
+            if not transport.is_transient(exc):
+                raise
+            return self._resolve_lost_submission(task_params, before, exc)
+        return self._read_submission(call, answer, task_params)
+
+    def _resolve_lost_submission(self, task_params: dict[str, Any], before: set[Any] | None,
+                                 cause: PandaError) -> int:
+        import time
+
+        name = task_params["taskName"]
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.lost_submission_wait
+        pause = self.config.retry_wait
+        while before is not None and not found:
+            try:
+                found = [t for t in self.find_tasks_by_name(name)
+                         if t.get("jediTaskID") not in before and same_task_params(t.get("raw_task_params"),
+                                                                                   task_params)]
+            except PandaError as exc:
+                self.log.warning("Could not look up the task named %r after a lost answer: %s", name, exc)
+            if found or time.monotonic() + pause > deadline:
+                break
+            self.log.info("The submission's answer was lost; looking for task %r again in %.0f s", name, pause)
+            time.sleep(pause)  # a new task is only in DEFT at first: JEDI lists it seconds to minutes later
+            pause = min(pause * 2, 30.0)
+        if found:
+            task_id = max(int(t["jediTaskID"]) for t in found)
+            self.log.warning("The submission's answer was lost (%s); PanDA has the task: jediTaskID=%s", cause, task_id)
+            return task_id
+        raise PandaSubmissionUnknownError(
+            f"The submission of {name!r} got no answer ({cause}) and no such new task is visible yet. It was "
+            f"not resent: PanDA checks names for duplicates only for uniqueTaskName tasks of type "
+            f"'{api.DUPLICATE_CHECKED_TASK_TYPE}' (this one is {task_params.get('taskType')!r}), so a resend "
+            f"could make a second task. Look for a task named {name!r} (it can take minutes to appear) "
+            "before submitting it again.", name)
 
     def get_task_status(self, task_id: int) -> str:
         """The task's status (getTaskStatus); :class:`PandaNotFoundError` for an unknown task."""
@@ -198,6 +269,15 @@ class PandaHook(BaseHook):
         """The caller's tasks modified since a time (UTC), keyed by jediTaskID, in one call."""
         return self.run(calls.get_tasks_modified_since(since))
 
+    def get_task_info(self, task_id: int) -> dict[str, Any]:
+        """Task-level facts in one read (``task/get_detailed_info``): ``status``, ``attemptNr``,
+        ``stateChangeTime``, ``errorDialog``, ``nFiles``, ``nFilesFinished``, ``nFilesFailed``, ..."""
+        return self.run(calls.get_task_info(task_id))
+
+    def find_tasks_by_name(self, task_name: str) -> list[dict[str, Any]]:
+        """The caller's tasks called ``task_name`` (one request; PanDA searches the last 90 days)."""
+        return self.run(calls.find_tasks_by_name(task_name))
+
     def put_file(self, path: str, use_cache_server: bool = False, reuse_sandbox: bool = False) -> str:
         """Upload a file to the cache (putFile); returns the file name the server holds it under.
 
@@ -241,9 +321,9 @@ class PandaHook(BaseHook):
             name = " ".join(t[:1].upper() + t[1:].lower() for t in str(name).split())
         return name, claims.get("groups"), claims.get("preferred_username")
 
-    def get_task_jobs(self, task_id: int) -> list[dict[str, Any] | None]:
-        """Descriptions of the task's newest jobs (at most one call's worth), for reports and counts."""
-        job_ids = self.get_job_ids(task_id)[-api.MAX_JOB_IDS_PER_CALL:]
+    def get_task_jobs(self, task_id: int, limit: int = JOB_SAMPLE) -> list[dict[str, Any] | None]:
+        """Descriptions of the task's ``limit`` newest jobs: a bounded sample for failure reports."""
+        job_ids = self.get_job_ids(task_id)[-limit:]
         return self.get_full_job_status(job_ids) if job_ids else []
 
     # --- Airflow ------------------------------------------------------------------------------
@@ -350,12 +430,15 @@ class AsyncPandaClient:
     async def get_tasks_modified_since(self, since: datetime | str) -> dict[int, dict[str, Any]]:
         return await self.run(calls.get_tasks_modified_since(since))
 
+    async def get_task_info(self, task_id: int) -> dict[str, Any]:
+        return await self.run(calls.get_task_info(task_id))
+
     async def get_job_ids(self, task_id: int) -> list[int]:
         return await self.run(calls.get_job_ids(task_id))
 
     async def get_full_job_status(self, job_ids: Iterable[int]) -> list[dict[str, Any] | None]:
         return await self.run(calls.get_full_job_status(job_ids))
 
-    async def get_task_jobs(self, task_id: int) -> list[dict[str, Any] | None]:
-        job_ids = (await self.get_job_ids(task_id))[-api.MAX_JOB_IDS_PER_CALL:]
+    async def get_task_jobs(self, task_id: int, limit: int = JOB_SAMPLE) -> list[dict[str, Any] | None]:
+        job_ids = (await self.get_job_ids(task_id))[-limit:]
         return await self.get_full_job_status(job_ids) if job_ids else []

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, conf
 
 from airflow_provider_panda import api
-from airflow_provider_panda.calls import check_id, check_task_params, finite
+from airflow_provider_panda.calls import as_task_id, check_task_params, finite
 from airflow_provider_panda.exceptions import (
     PandaCommandRejected,
     PandaDuplicateTaskError,
     PandaError,
     PandaInputError,
     PandaNotFoundError,
-    PandaTaskFailedError,
+    PandaTaskNameTaken,
     PandaTimeoutError,
 )
 from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
@@ -31,9 +31,9 @@ from airflow_provider_panda.waiting import (
     NOT_FOUND_GRACE,
     SUCCESS,
     TIMEOUT,
+    StaleMark,
     TaskWatch,
     WaitSpec,
-    failure_message,
 )
 
 if TYPE_CHECKING:
@@ -41,57 +41,55 @@ if TYPE_CHECKING:
 
     from airflow_provider_panda.hooks.panda import PandaHook
 
+__all__ = [
+    "FileRecoveryOperator", "FinishTaskOperator", "KillTaskOperator", "RetryTaskOperator", "SubmitTaskOperator",
+    "as_task_id",
+]
+
 TASK_ID_KEY = "jedi_task_id"
 STATE_KEY = "panda_jedi_task_id"
+#: The task parameter naming the Airflow task instance that submitted a task: how a later try,
+#: a clear or a lookup by name recognises "my task" (JEDI ignores keys it does not know).
+OWNER_KEY = "airflowTaskInstance"
 ON_TIMEOUT = ("fail", "kill", "finish")
+#: What SubmitTaskOperator does when the taskName is held by a task this instance did not submit.
+IF_EXISTS = ("fail", "adopt", "reexecute")
 MAX_POLL_INTERVAL = 24 * 3600.0
-
-
-def as_task_id(value: Any, what: str = "jedi_task_id") -> int:
-    """A jediTaskID from an int or a rendered template string such as ``"12345"``."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    return check_id(value, what)
-
-
-def task_failed(hook: PandaHook, task_id: int, status: str | None) -> PandaTaskFailedError:
-    """The error a failed wait raises: status, failed jobs, commonest job errors, monitor link."""
-    return PandaTaskFailedError(failure_message(task_id, status, hook.get_task_jobs(task_id),
-                                                hook.monitor_url(task_id)), task_id, status or "unknown")
 
 
 def _default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
-class _PandaTaskWaiter(BaseOperator):
-    """What every PanDA operator shares: the connection, the monitor link and the wait."""
+def task_instance_key(context: Context) -> str:
+    """``dag_id/task_id/run_id/map_index``: the owner of the PanDA tasks a task instance submits."""
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    return f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{-1 if map_index is None else map_index}"
+
+
+def _fail_without_retry(message: str, cause: Exception | None = None) -> Exception:
+    """An error no Airflow retry can mend (a bad task definition, a name held by another task)."""
+    try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # pragma: no cover - older layout
+        from airflow.exceptions import AirflowFailException
+    error = AirflowFailException(message)
+    error.__cause__ = cause
+    return error
+
+
+class _PandaOperator(BaseOperator):
+    """What every PanDA operator shares: the connection, the monitor link, the task's visibility."""
 
     operator_extra_links = (PandaTaskLink(),)
     ui_color = "#e6f0ff"
 
-    def __init__(
-        self,
-        *,
-        panda_conn_id: str = "panda_default",
-        deferrable: bool | None = None,
-        poll_interval: float = 60.0,
-        timeout: float | None = None,
-        on_timeout: str = "fail",
-        cancel_on_kill: bool = False,
-        not_found_grace: float = NOT_FOUND_GRACE,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, panda_conn_id: str = "panda_default", not_found_grace: float = NOT_FOUND_GRACE,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.panda_conn_id = panda_conn_id
         self.not_found_grace = finite(not_found_grace, "not_found_grace", 0)
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
-        self.poll_interval = finite(poll_interval, "poll_interval", 0.01, MAX_POLL_INTERVAL)
-        self.timeout = None if timeout is None else finite(timeout, "timeout", 0.01)
-        if on_timeout not in ON_TIMEOUT:
-            raise PandaInputError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
-        self.on_timeout = on_timeout
-        self.cancel_on_kill = cancel_on_kill
         self._jedi_task_id: int | None = None
 
     @cached_property
@@ -121,7 +119,7 @@ class _PandaTaskWaiter(BaseOperator):
         except PandaNotFoundError:
             return None
 
-    def _await_visible(self, task_id: int) -> str:
+    def _await_visible(self, task_id: int, poll: float = 10.0) -> str:
         """A just-submitted task is only in DEFT for a while: the server refuses commands on it
         ("not the task owner") until JEDI has it. Wait for that, within ``not_found_grace``."""
         deadline = time.monotonic() + self.not_found_grace
@@ -130,11 +128,46 @@ class _PandaTaskWaiter(BaseOperator):
                 raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                          f"(waited {self.not_found_grace:.0f} s for it to appear)")
             self.log.info("PanDA task %s is not visible yet (queued in DEFT); waiting", task_id)
-            time.sleep(min(self.poll_interval, 10.0))
+            time.sleep(poll)
         return status
 
+    def _mark(self, task_id: int, status: str) -> StaleMark:
+        """What the task says before a command, so the wait after it can tell old from new."""
+        try:
+            return StaleMark.of(status, self.hook.get_task_info(task_id))
+        except PandaError as exc:
+            self.log.warning("Could not read PanDA task %s's details (%s): the wait after the command "
+                             "relies on seeing the status change", task_id, exc)
+            return StaleMark(status)
+
+
+class _PandaTaskWaiter(_PandaOperator):
+    """An operator that can wait on its task: sync polling or deferral, timeout and its action."""
+
+    def __init__(
+        self,
+        *,
+        deferrable: bool | None = None,
+        poll_interval: float = 60.0,
+        timeout: float | None = None,
+        on_timeout: str = "fail",
+        cancel_on_kill: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.poll_interval = finite(poll_interval, "poll_interval", 0.01, MAX_POLL_INTERVAL)
+        self.timeout = None if timeout is None else finite(timeout, "timeout", 0.01)
+        if on_timeout not in ON_TIMEOUT:
+            raise PandaInputError(f"on_timeout must be one of {ON_TIMEOUT}, got {on_timeout!r}")
+        self.on_timeout = on_timeout
+        self.cancel_on_kill = cancel_on_kill
+
+    def _await_visible(self, task_id: int, poll: float | None = None) -> str:
+        return super()._await_visible(task_id, min(self.poll_interval, 10.0) if poll is None else poll)
+
     def _wait(self, context: Context, task_id: int, spec: WaitSpec, end_time: float | None,
-              stale_status: str | None = None, **resume: Any) -> Any:
+              stale: StaleMark | None = None, **resume: Any) -> Any:
         """Wait in the worker or defer to the triggerer; both end in :meth:`_conclude`."""
         if self.deferrable:
             from airflow_provider_panda.triggers.task import PandaTaskTrigger
@@ -143,23 +176,45 @@ class _PandaTaskWaiter(BaseOperator):
                 trigger=PandaTaskTrigger(
                     jedi_task_id=task_id, panda_conn_id=self.panda_conn_id, poll_interval=self.poll_interval,
                     success_statuses=spec.success, failure_statuses=spec.failure, end_time=end_time,
-                    cancel_on_kill=self.cancel_on_kill, stale_status=stale_status,
+                    cancel_on_kill=self.cancel_on_kill, stale_status=stale.to_dict() if stale else None,
                     carry={"end_time": end_time, **resume},
                 ),
                 method_name="execute_complete",
                 kwargs={"end_time": end_time, **resume},
             )
-        watch = TaskWatch(task_id, spec, self.log, stale_status=stale_status)
+        return self._poll(context, task_id, spec, end_time, stale, **resume)
+
+    def _poll(self, context: Context, task_id: int, spec: WaitSpec, end_time: float | None,
+              stale: StaleMark | None, **resume: Any) -> Any:
+        """The sync wait: transient faults (no answer, 5xx, 429, a page that is not PanDA's) keep it
+        going until its own timeout; only a definite answer ends it."""
+        from airflow_provider_panda.transport import is_transient
+
+        watch = TaskWatch(task_id, spec, self.log, stale=stale, not_found_grace=self.not_found_grace)
         while True:
-            status = self._status(task_id)
-            verdict = watch.observe(status)
-            if watch.moved:
-                watch.log_jobs(self.hook.get_task_jobs(task_id))
+            verdict = status = None
+            try:
+                status = self._status(task_id)
+                info = self.hook.get_task_info(task_id) if watch.needs_info(status) else None
+                verdict = watch.observe(status, info)
+                if watch.moved:
+                    watch.log_progress(info or self._info_or_none(task_id))
+            except PandaError as exc:
+                if not is_transient(exc):
+                    raise
+                self.log.warning("PanDA task %s: status read failed (%s); still waiting", task_id, exc)
+                status = watch.last_status
             if verdict is None and end_time is not None and time.time() >= end_time:
                 verdict = TIMEOUT
             if verdict is not None:
                 return self._conclude(context, task_id, verdict, status, end_time=end_time, **resume)
             time.sleep(self.poll_interval)
+
+    def _info_or_none(self, task_id: int) -> dict[str, Any] | None:
+        try:
+            return self.hook.get_task_info(task_id)
+        except PandaError:
+            return None
 
     def execute_complete(self, context: Context, event: dict[str, Any], end_time: float | None = None,
                          **resume: Any) -> Any:
@@ -168,19 +223,23 @@ class _PandaTaskWaiter(BaseOperator):
         self._jedi_task_id = task_id
         state = {"end_time": end_time, **resume, **(event.get("carry") or {})}
         if event["status"] == ERROR:
-            raise PandaError(event.get("message") or f"waiting on PanDA task {task_id} failed")
+            from airflow_provider_panda.triggers.task import event_error
+
+            raise event_error(event)
         return self._conclude(context, task_id, event["status"], event.get("task_status"), **state)
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, **resume: Any) -> Any:
+        from airflow_provider_panda.reports import task_failed
+
         if verdict == SUCCESS:
             self.log.info("PanDA task %s ended %s: %s", task_id, status, self.hook.monitor_url(task_id))
             return task_id
         if verdict == TIMEOUT:
             self._act_on_timeout(task_id, status)
         if verdict == ERROR:
-            raise PandaError(f"PanDA task {task_id} is not known to the server")
-        raise task_failed(self.hook, task_id, status)
+            raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server")
+        raise task_failed(self.hook, task_id, status, self.log)
 
     def _act_on_timeout(self, task_id: int, status: str | None) -> None:
         action = ""
@@ -213,7 +272,7 @@ class _PandaTaskWaiter(BaseOperator):
 
 
 def _state_store(context: Context) -> Any:
-    """Airflow >= 3.3's per-task store that survives retries (AIP-103), or None."""
+    """Airflow >= 3.3's per-task store that survives retries and clears (AIP-103), or None."""
     try:
         return context.get("task_state_store")  # type: ignore[union-attr]
     except Exception:  # pragma: no cover - a context without it
@@ -224,20 +283,27 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     """Submit a PanDA task and (by default) wait until it reaches a final status.
 
     Returns the jediTaskID (XCom ``return_value``); pushes ``jedi_task_id`` and the monitor URL as
-    soon as the task exists. An Airflow retry never submits a second task for the same work: it
-    reattaches to the task it submitted before (task state store on Airflow >= 3.3, else the
-    server's answer for the same ``taskName``), and retries it in PanDA only if it failed.
+    soon as the task exists. A task instance (dag_id, task_id, run_id, map_index) owns the PanDA
+    tasks it submitted, and only those: the parameters carry its key (``airflowTaskInstance``), a
+    later try or a clear finds its task (task state store, else a lookup by taskName) and never
+    adopts or re-executes another one unless ``if_exists`` says so. See the README's table
+    "What each Airflow action does to the PanDA task".
 
     :param task_params: the task parameters (dict), or a ``.json`` template file; templated. The
-        operator sets ``uniqueTaskName: true`` unless given, so a repeat is answered as a duplicate:
-        make ``taskName`` unique per run (e.g. include ``{{ run_id }}``).
+        operator sets ``uniqueTaskName: true`` unless given. Make ``taskName`` unique per run and
+        map index (e.g. include ``{{ run_id }}`` and ``{{ ti.map_index }}``).
     :param wait_for_completion: wait until a final status, else return after submitting.
     :param success_statuses: statuses that succeed (default ``("done",)``).
     :param allow_partial: ``finished`` (some jobs failed) succeeds too.
     :param auto_retries: on a failing status, ask PanDA to retry the task up to this many times.
-    :param retry_new_params: parameters merged into the task on each automatic retry.
+    :param retry_new_params: parameters merged into the task on each PanDA retry.
+    :param if_exists: the taskName is held by a task this instance did not submit: ``fail``
+        (default, before anything changes on the server), ``adopt`` (wait on that task as if it
+        were ours) or ``reexecute`` (PanDA's incremental execution: re-run that finished task on
+        new input; refused while it is still active).
     :param timeout: seconds to wait before ``on_timeout`` acts (``fail``, ``kill``, ``finish``).
-    :param cancel_on_kill: kill the PanDA task when the Airflow task is killed.
+    :param cancel_on_kill: kill the PanDA task when the Airflow task is killed (marked failed or
+        success, cleared while running, or killed).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
@@ -255,6 +321,7 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         auto_retries: int = 0,
         retry_new_params: dict[str, Any] | None = None,
         parent_task_id: int | str | None = None,
+        if_exists: str = "fail",
         cancel_on_kill: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -263,6 +330,8 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             raise PandaInputError(f"task_params must be a dict or a .json file, got {type(task_params).__name__}")
         if isinstance(auto_retries, bool) or not isinstance(auto_retries, int) or not 0 <= auto_retries <= 100:
             raise PandaInputError(f"auto_retries must be an integer from 0 to 100, got {auto_retries!r}")
+        if if_exists not in IF_EXISTS:
+            raise PandaInputError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
         self.task_params = task_params
         self.wait_for_completion = wait_for_completion
         self.spec = WaitSpec.build(success_statuses, allow_partial=allow_partial)
@@ -271,8 +340,20 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         self.auto_retries = auto_retries
         self.retry_new_params = retry_new_params
         self.parent_task_id = parent_task_id
+        self.if_exists = if_exists
 
-    def _params(self) -> dict[str, Any]:
+    def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
+        """Only a top-level string ending in ``.json`` is a template file: strings inside a dict
+        (``"python run.py --config settings.json"``) are plain templates."""
+        if isinstance(content, (dict, list, tuple)) and self.template_ext:
+            self.template_ext = ()
+            try:
+                return super().render_template(content, context, jinja_env, seen_oids)
+            finally:
+                del self.template_ext
+        return super().render_template(content, context, jinja_env, seen_oids)
+
+    def _params(self, context: Context) -> dict[str, Any]:
         params = self.task_params
         if isinstance(params, str):
             try:
@@ -283,75 +364,143 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         if "uniqueTaskName" not in params:
             params["uniqueTaskName"] = True
         elif params["uniqueTaskName"] is not True:
-            self.log.warning("uniqueTaskName is false: an Airflow retry cannot recognise the task it submitted")
+            self.log.warning("uniqueTaskName is false: PanDA will not refuse a second task of this name")
+        params[OWNER_KEY] = task_instance_key(context)
         return params
 
     def execute(self, context: Context) -> Any:
-        params = self._params()
+        params = self._params(context)
         parent = None if self.parent_task_id in (None, "") else as_task_id(self.parent_task_id, "parent_task_id")
-        stale = None
-        task_id = self._previous_task(context, params)
-        if task_id is not None:
-            status = self._status(task_id)
-            self.log.info("Reattached to PanDA task %s (%s) submitted by an earlier try", task_id, status)
-            if self.spec.classify(status) == FAILURE:
-                task_id, stale = self._recover(params, parent, task_id, status)
-        else:
-            task_id = self._submit(params, parent)
-        self._remember(context, task_id)
+        task_id, stale = self._attach_or_submit(context, params, parent)
         if not self.wait_for_completion:
             return task_id
-        return self._wait(context, task_id, self.spec, self._end_time(), stale_status=stale, retries_done=0)
+        return self._wait(context, task_id, self.spec, self._end_time(), stale=stale, retries_done=0)
 
-    def _previous_task(self, context: Context, params: dict[str, Any]) -> int | None:
-        """The task an earlier try of this Airflow task submitted, if any."""
+    # --- whose task is it -----------------------------------------------------------------------
+
+    def _attach_or_submit(self, context: Context, params: dict[str, Any],
+                          parent: int | None) -> tuple[int, StaleMark | None]:
+        """The task this instance submitted before (then what its status asks for), or a new one."""
+        known = self._stored_task(context)
+        if known is None:
+            mine, others = self._tasks_named(params)
+            if mine:
+                known = max(mine)
+                self.log.info("Found PanDA task %s named %r, submitted by this task instance before", known,
+                              params["taskName"])
+            elif others:
+                newest = max(others, key=lambda t: int(t["jediTaskID"]))
+                return self._name_taken(context, params, parent, newest)
+        if known is not None:
+            self._remember(context, known)
+            return known, self._resume(params, known)
+        task_id = self._submit(params, parent)
+        self._remember(context, task_id)
+        return task_id, None
+
+    def _stored_task(self, context: Context) -> int | None:
         store = _state_store(context)
-        if store is not None:
-            known = store.get(STATE_KEY)
-            if known:
-                return int(known)
-        ti = context["ti"]
-        if getattr(ti, "try_number", 1) <= 1 or params.get("uniqueTaskName") is not True:
-            return None
-        dag_run = context.get("dag_run")
-        start = getattr(dag_run, "start_date", None) or getattr(dag_run, "logical_date", None)
-        if start is None:
-            return None
-        from datetime import timedelta, timezone
+        known = store.get(STATE_KEY) if store is not None else None
+        return int(known) if known else None
 
-        since = start.astimezone(timezone.utc).replace(tzinfo=None) - timedelta(hours=1)
+    def _tasks_named(self, params: dict[str, Any]) -> tuple[list[int], list[dict[str, Any]]]:
+        """This instance's tasks of that name, and the others (one request)."""
+        from airflow_provider_panda.exceptions import PandaHTTPError
+
         try:
-            tasks = self.hook.get_tasks_modified_since(since)
-        except PandaError as exc:
-            self.log.warning("Could not look for an earlier submission (%s); submitting", exc)
+            tasks = self.hook.find_tasks_by_name(params["taskName"])
+        except PandaHTTPError as exc:
+            if exc.status_code not in (404, 405):
+                raise
+            self.log.warning("The server cannot look tasks up by name (%s): relying on its duplicate check", exc)
+            return [], []
+        owner = params[OWNER_KEY]
+        mine = [int(t["jediTaskID"]) for t in tasks if (t.get("raw_task_params") or {}).get(OWNER_KEY) == owner]
+        others = [t for t in tasks if int(t["jediTaskID"]) not in mine]
+        return mine, others
+
+    def _name_taken(self, context: Context, params: dict[str, Any], parent: int | None,
+                    other: dict[str, Any]) -> tuple[int, StaleMark | None]:
+        other_id, status = int(other["jediTaskID"]), other.get("status")
+        if self.if_exists == "adopt":
+            self.log.warning("taskName %r is held by PanDA task %s (%s), which this task instance did not submit; "
+                             "adopting it (if_exists='adopt')", params["taskName"], other_id, status)
+            self._remember(context, other_id)
+            return other_id, self._resume(params, other_id)
+        if self.if_exists == "reexecute" and status in api.RESUBMITTABLE_FROM:
+            self.log.warning("taskName %r is held by PanDA task %s (%s); re-executing it through PanDA's incremental "
+                             "execution (if_exists='reexecute')", params["taskName"], other_id, status)
+            stale = self._mark(other_id, status)
+            task_id = self._reexecute(params, parent, other_id)
+            self._remember(context, task_id)
+            return task_id, stale
+        hint = ("it is still active, so it cannot be re-executed yet" if self.if_exists == "reexecute" else
+                "make taskName unique per run and map index (e.g. include {{ run_id }} and {{ ti.map_index }}), "
+                "or set if_exists='adopt' to wait on that task, or if_exists='reexecute' to re-run it on new input")
+        error = PandaTaskNameTaken(
+            f"taskName {params['taskName']!r} is already held by PanDA task {other_id} ({status}), which this "
+            f"task instance did not submit; nothing was submitted: {hint}. Monitor: {self.hook.monitor_url(other_id)}",
+            other_id, status)
+        raise _fail_without_retry(str(error), error)
+
+    # --- an earlier try's task --------------------------------------------------------------------
+
+    def _resume(self, params: dict[str, Any], task_id: int) -> StaleMark | None:
+        """What an earlier try's task needs now: nothing (active or succeeded), a PanDA retry
+        (failed, finished, exhausted), a re-execution (aborted) or the end (broken)."""
+        status = self._status(task_id)
+        self.log.info("Reattached to PanDA task %s (%s)", task_id, status or "not visible yet")
+        if status == "broken":
+            dialog = (self._info_or_none(task_id) or {}).get("errorDialog") or "(no errorDialog)"
+            raise _fail_without_retry(
+                f"PanDA task {task_id} is broken: its definition cannot run, so no Airflow retry is spent on it. "
+                f"PanDA says: {dialog}. Monitor: {self.hook.monitor_url(task_id)}")
+        if status is None or self.spec.classify(status) != FAILURE:
             return None
-        same = [tid for tid, info in tasks.items() if info.get("taskName") == params["taskName"]]
-        return max(same) if same else None
+        if status == "aborted":
+            self.log.info("PanDA task %s was aborted: re-executing it through PanDA's incremental execution "
+                          "(same task, same jediTaskID, a new attempt)", task_id)
+            stale = self._mark(task_id, status)
+            self._reexecute(params, None, task_id)
+            return stale
+        if status in api.COMMAND_ALLOWED_FROM["retry"]:
+            self.log.info("PanDA task %s ended %s before this try: asking PanDA to retry it", task_id, status)
+            stale = self._mark(task_id, status)
+            self.hook.retry_task(task_id, self.retry_new_params)
+            return stale
+        return None  # any other failing status: the wait reports it
+
+    def _reexecute(self, params: dict[str, Any], parent: int | None, task_id: int) -> int:
+        """Incremental execution: the same name submitted again re-runs the finished task."""
+        params = {**params, **(self.retry_new_params or {}), "uniqueTaskName": True}
+        new_id = self.hook.submit_task(params, parent)
+        if new_id != task_id:
+            self.log.warning("PanDA answered the re-execution of task %s with task %s", task_id, new_id)
+        return new_id
 
     def _submit(self, params: dict[str, Any], parent: int | None) -> int:
+        """A first submission: a duplicate or re-execution answer means the name was taken meanwhile."""
         try:
-            return self.hook.submit_task(params, parent)
+            task_id = self.hook.submit_task(params, parent)
         except PandaDuplicateTaskError as exc:
-            if exc.task_id is None:
-                raise
-            self.log.warning("PanDA already has task %s named %r (%s); reattaching to it",
-                             exc.task_id, params["taskName"], exc.server_message.split(".")[0])
-            return exc.task_id
+            if exc.task_id is not None and self._is_mine(exc.task_id, params):
+                self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
+                return exc.task_id
+            raise _fail_without_retry(
+                f"taskName {params['taskName']!r} is already held by PanDA task {exc.task_id}, which this task "
+                f"instance did not submit ({exc.server_message.split('. ')[0]}); make taskName unique", exc) from None
+        return task_id
 
-    def _recover(self, params: dict[str, Any], parent: int | None, task_id: int,
-                 status: str | None) -> tuple[int, str | None]:
-        """An earlier try's task failed: retry it in PanDA if it can be, else resubmit."""
-        if status in api.COMMAND_ALLOWED_FROM["retry"]:
-            self.log.info("PanDA task %s ended %s before this Airflow retry: asking PanDA to retry it", task_id,
-                          status)
-            self.hook.retry_task(task_id, self.retry_new_params)
-            return task_id, status
-        self.log.info("PanDA task %s ended %s and cannot be retried: resubmitting", task_id, status)
-        return self._submit(params, parent), None
+    def _is_mine(self, task_id: int, params: dict[str, Any]) -> bool:
+        """Whether a task carries this instance's key (waiting for a DEFT-only task to appear)."""
+        self._await_visible(task_id)
+        info = self.hook.get_task_info(task_id)
+        return (info.get("raw_task_params") or {}).get(OWNER_KEY) == params[OWNER_KEY]
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, retries_done: int = 0, **resume: Any) -> Any:
         if verdict == FAILURE and retries_done < self.auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
+            stale = self._mark(task_id, status)
             try:
                 self.hook.retry_task(task_id, self.retry_new_params)
             except PandaCommandRejected as exc:
@@ -359,15 +508,14 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             else:
                 self.log.info("PanDA task %s ended %s: automatic retry %d of %d", task_id, status,
                               retries_done + 1, self.auto_retries)
-                return self._wait(context, task_id, self.spec, end_time, stale_status=status,
-                                  retries_done=retries_done + 1)
+                return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done + 1)
         return super()._conclude(context, task_id, verdict, status, end_time=end_time)
 
 
 class RetryTaskOperator(_PandaTaskWaiter):
     """Retry a PanDA task's failed work (optionally with new parameters), and optionally wait.
 
-    A task that is already ``done`` has nothing to retry: that is success, not an error.
+    Returns the jediTaskID. A task that is already ``done`` has nothing to retry: that is success.
     """
 
     template_fields: Sequence[str] = ("jedi_task_id", "new_params")
@@ -386,6 +534,7 @@ class RetryTaskOperator(_PandaTaskWaiter):
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
         status = self._await_visible(task_id)
+        stale = self._mark(task_id, status)
         try:
             self.log.info("PanDA: %s", self.hook.retry_task(task_id, self.new_params))
         except PandaCommandRejected:
@@ -395,11 +544,11 @@ class RetryTaskOperator(_PandaTaskWaiter):
             return task_id
         if not self.wait_for_completion:
             return task_id
-        return self._wait(context, task_id, self.spec, self._end_time(), stale_status=status)
+        return self._wait(context, task_id, self.spec, self._end_time(), stale=stale)
 
 
 class _TerminateTaskOperator(_PandaTaskWaiter):
-    """Send kill or finish; a task already ended or ending counts as done."""
+    """Send kill or finish; a task already ended or ending counts as done. Returns the jediTaskID."""
 
     template_fields: Sequence[str] = ("jedi_task_id",)
     command = ""
@@ -423,16 +572,16 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
             if exc.code != api.CommandCode.BAD_STATUS or not self._already_done(status):
                 raise
             self.log.info("PanDA task %s is already %s: nothing to %s", task_id, status, self.command)
-            return status
+            return task_id
         if not self.wait_for_termination:
-            return None
+            return task_id
         return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time())
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, **resume: Any) -> Any:
         if verdict == SUCCESS:
             self.log.info("PanDA task %s ended %s", task_id, status)
-            return status
+            return task_id
         return super()._conclude(context, task_id, verdict, status, end_time=end_time)
 
     def _already_done(self, status: str | None) -> bool:
@@ -461,7 +610,7 @@ class FinishTaskOperator(_TerminateTaskOperator):
         return self.hook.finish_task(task_id, soft=self.soft)
 
 
-class FileRecoveryOperator(_PandaTaskWaiter):
+class FileRecoveryOperator(_PandaOperator):
     """Ask PanDA to recover a task's lost files; returns the URL of the recovery log."""
 
     template_fields: Sequence[str] = ("jedi_task_id",)

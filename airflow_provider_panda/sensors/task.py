@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -10,24 +11,33 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, conf
 
 from airflow_provider_panda import api
+from airflow_provider_panda.calls import as_task_id, finite
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError
-from airflow_provider_panda.links import PandaTaskLink
-from airflow_provider_panda.operators.task import as_task_id, task_failed
-from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
+from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
+from airflow_provider_panda.waiting import ERROR, FAILURE, NOT_FOUND_GRACE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_panda.hooks.panda import PandaHook
 
+#: PanDA tasks run for days to weeks: the sensor's default timeout (Airflow's is 7 days).
+DEFAULT_TIMEOUT = 60 * 24 * 3600.0
+
 
 class TaskStatusSensor(BaseSensorOperator):
-    """Succeed when the task reaches one of ``target_statuses``; fail fast on a failure status.
+    """Succeed when the task reaches one of ``success_statuses``; fail fast on a failure status.
+
+    Transient faults (no answer, 5xx, 429, a page that is not PanDA's) only mean "not yet": the
+    sensor keeps poking until its own ``timeout``.
 
     :param jedi_task_id: the task (templated, e.g. ``"{{ ti.xcom_pull('submit') }}"``).
-    :param target_statuses: statuses that succeed (default ``("done",)``).
+    :param success_statuses: statuses that succeed (default ``("done",)``); ``target_statuses`` is
+        its deprecated old name.
+    :param allow_partial: ``finished`` (some jobs failed) succeeds too.
     :param failure_statuses: statuses that fail at once (default: failed, broken, aborted,
-        exhausted, finished, minus the targets); any other stop status fails too.
+        exhausted, finished, minus the successes); any other stop status fails too.
+    :param not_found_grace: how long the task may stay invisible (only DEFT knows it), in every mode.
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
@@ -39,16 +49,29 @@ class TaskStatusSensor(BaseSensorOperator):
         self,
         *,
         jedi_task_id: int | str,
-        target_statuses: Sequence[str] = api.TASK_DEFAULT_SUCCESS,
+        success_statuses: Sequence[str] | None = None,
+        allow_partial: bool = False,
         failure_statuses: Sequence[str] | None = None,
         panda_conn_id: str = "panda_default",
+        not_found_grace: float = NOT_FOUND_GRACE,
         deferrable: bool | None = None,
+        target_statuses: Sequence[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(timeout=timeout, **kwargs)
+        if target_statuses is not None:
+            warnings.warn("TaskStatusSensor(target_statuses=...) is deprecated: use success_statuses",
+                          DeprecationWarning, stacklevel=2)
+            if success_statuses is not None:
+                raise TypeError("give success_statuses or its old name target_statuses, not both")
+            success_statuses = target_statuses
         self.jedi_task_id = jedi_task_id
-        self.spec = WaitSpec.build(target_statuses, failure_statuses)
+        self.spec = WaitSpec.build(success_statuses or api.TASK_DEFAULT_SUCCESS, failure_statuses,
+                                   allow_partial=allow_partial)
+        self.success_statuses = self.spec.success
         self.panda_conn_id = panda_conn_id
+        self.not_found_grace = finite(not_found_grace, "not_found_grace", 0)
         self.deferrable = (conf.getboolean("operators", "default_deferrable", fallback=False)
                            if deferrable is None else deferrable)
         self._watch: TaskWatch | None = None
@@ -59,22 +82,44 @@ class TaskStatusSensor(BaseSensorOperator):
 
         return PandaHook(self.panda_conn_id)
 
-    def poke(self, context: Context) -> bool:
-        task_id = as_task_id(self.jedi_task_id)
+    def _watch_for(self, context: Context, task_id: int) -> TaskWatch:
+        """The wait's state: kept across pokes, and in reschedule mode dated from the first poke,
+        so the not-visible grace expires in every mode."""
         if self._watch is None or self._watch.task_id != task_id:
-            self._watch = TaskWatch(task_id, self.spec, self.log)
-            context["ti"].xcom_push(key="panda_monitor_url", value=self.hook.monitor_url(task_id))
+            started = time.monotonic()
+            if self.reschedule:
+                first = context["ti"].get_first_reschedule_date(context)
+                if first is not None:
+                    started -= max(0.0, time.time() - first.timestamp())
+            self._watch = TaskWatch(task_id, self.spec, self.log, started=started,
+                                    not_found_grace=self.not_found_grace)
+            context["ti"].xcom_push(key=MONITOR_URL_KEY, value=self.hook.monitor_url(task_id))
+        return self._watch
+
+    def poke(self, context: Context) -> bool:
+        from airflow_provider_panda.reports import task_failed
+        from airflow_provider_panda.transport import is_transient
+
+        task_id = as_task_id(self.jedi_task_id)
+        watch = self._watch_for(context, task_id)
         try:
-            status = self.hook.get_task_status(task_id)
-        except PandaNotFoundError:
-            status = None
-        verdict = self._watch.observe(status)
-        if self._watch.moved:
-            self._watch.log_jobs(self.hook.get_task_jobs(task_id))
+            try:
+                status = self.hook.get_task_status(task_id)
+            except PandaNotFoundError:
+                status = None
+            verdict = watch.observe(status)
+            if watch.moved:
+                watch.log_progress(self.hook.get_task_info(task_id))
+        except PandaError as exc:
+            if not is_transient(exc):
+                raise
+            self.log.warning("PanDA task %s: status read failed (%s); poking again", task_id, exc)
+            return False
         if verdict == FAILURE:
-            raise task_failed(self.hook, task_id, status)
+            raise task_failed(self.hook, task_id, status, self.log)
         if verdict == ERROR:
-            raise PandaError(f"PanDA task {task_id} is not known to the server")
+            raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
+                                     f"(waited {self.not_found_grace:.0f} s for it to appear)")
         return verdict == SUCCESS
 
     def execute(self, context: Context) -> Any:
@@ -94,6 +139,9 @@ class TaskStatusSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> None:
+        from airflow_provider_panda.reports import task_failed
+        from airflow_provider_panda.triggers.task import event_error
+
         task_id, status = int(event["jedi_task_id"]), event.get("task_status")
         if event["status"] == SUCCESS:
             self.log.info("PanDA task %s reached %s", task_id, status)
@@ -105,5 +153,5 @@ class TaskStatusSensor(BaseSensorOperator):
                 from airflow.exceptions import AirflowSensorTimeout
             raise AirflowSensorTimeout(f"PanDA task {task_id} still {status} after {self.timeout} s")
         if event["status"] == FAILURE:
-            raise task_failed(self.hook, task_id, status)
-        raise PandaError(event.get("message") or f"waiting on PanDA task {task_id} failed")
+            raise task_failed(self.hook, task_id, status, self.log)
+        raise event_error(event)

@@ -176,6 +176,24 @@ class Handlers:
             tasks = {k: v for k, v in tasks.items() if v["jediTaskID"] > min_task_id}
         return api.envelope(True, data=tasks)
 
+    def get_detailed_info(self, caller: Caller, task_id: int) -> dict:
+        task = self.sim.visible(task_id)
+        if task is None:
+            return api.envelope(False, "Task not found or error retrieving task info")
+        return api.envelope(True, data=self.sim.detailed_info(task))
+
+    def get_tasks_detailed_info_since(self, caller: Caller, since: str = None, filters: str = None,
+                                      n_tasks: int = 500) -> dict:
+        criteria: dict[str, Any] = {}
+        if filters:
+            try:
+                criteria = json.loads(filters)
+            except ValueError:
+                return api.envelope(False, "filters is not valid JSON")
+            if not isinstance(criteria, dict):
+                return api.envelope(False, "filters must be a JSON object")
+        return api.envelope(True, data=self.sim.find(caller.user, criteria, n_tasks))
+
     # job
     def get_description(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
         return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
@@ -319,7 +337,8 @@ class LocalPandaApp:
         #: Faults for the next API requests, one each: "500" (answer 500 without acting),
         #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s),
         #: "body:TEXT" (act, then answer 200 with TEXT instead of the envelope), "echo:403" (answer
-        #: 403 quoting the request's Authorization header, as a careless proxy might).
+        #: 403 quoting the request's Authorization header, as a careless proxy might). A fault
+        #: ending "@<endpoint>" (``"after:503@task/submit"``) waits for a request to that endpoint.
         self.faults: deque[str] = deque()
         #: Random faults: each API request draws one of ``fault_kinds`` with this probability.
         self.fault_rate = 0.0
@@ -347,6 +366,16 @@ class LocalPandaApp:
         self.handlers.base_url = value
 
     # --- PanDA --------------------------------------------------------------------------------
+
+    def _next_fault(self, endpoint: str) -> str:
+        """The first queued fault for this endpoint (``"after:503@task/submit"`` is for that
+        endpoint only; one without ``@`` is for any request), else maybe a random one."""
+        for index, queued in enumerate(self.faults):
+            kind, _, only = queued.partition("@")
+            if not only or only == endpoint:
+                del self.faults[index]
+                return kind
+        return self._random_fault()
 
     def _random_fault(self) -> str:
         if self.fault_rate and self._rng.random() < self.fault_rate:
@@ -413,7 +442,7 @@ class LocalPandaApp:
         self.clients[request.headers.get("user-agent", "")] += 1
         if handler is None:
             return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
-        fault = self.faults.popleft() if self.faults else self._random_fault()
+        fault = self._next_fault(endpoint.name)
         if fault.isdigit():
             return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
         if fault.startswith("echo:"):  # a careless server or proxy quoting the request's credentials

@@ -25,6 +25,9 @@ OUTCOMES = ("done", "finished", "failed", "broken", "exhausted", "hang")
 POST_PROCESSED = ("done", "finished", "failed")
 #: The statuses a fresh attempt walks through before its outcome, one clock step each.
 ATTEMPT_PATH = ("registered", "defined", "ready", "running")
+#: Marks a path step that starts a new attempt (attemptNr + 1) as it is taken.
+NEW_ATTEMPT = "+"
+BROKEN_DIALOG = "task is broken: the job parameters cannot be resolved (simulated by the local server)"
 FAILED_JOB_ERROR = {
     "transExitCode": 1,
     "pilotErrorCode": 1305,
@@ -40,6 +43,13 @@ def check_outcomes(outcomes: Any) -> list[str]:
     if not outcomes or any(o not in OUTCOMES for o in outcomes):
         raise ValueError(f"outcomes must be a non-empty list of {OUTCOMES}")
     return outcomes
+
+
+def _matches(value: Any, pattern: Any) -> bool:
+    """A filter value as panda-server applies it: SQL equality, or ``re.search`` for regex-looking ones."""
+    if isinstance(pattern, str) and any(c in api.FILTER_REGEX_CHARACTERS for c in pattern):
+        return re.search(pattern, str(value)) is not None
+    return value == pattern
 
 
 class Clock:
@@ -134,6 +144,9 @@ class Task:
     path: list[str] = field(default_factory=list)
     due: float = 0.0
     recoveries: int = 0
+    #: When the status last changed (JEDI's ``stateChangeTime``; never back-dated, unlike ``modified``).
+    state_changed: datetime | None = None
+    error_dialog: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -165,6 +178,10 @@ class PandaSim:
         self._task_ids = itertools.count(first_task_id)
         self._job_ids = itertools.count(first_job_id)
         self._heap: list[tuple[float, int]] = []
+        #: Task id -> how many more reads it stays invisible for (a task JEDI has not seen yet).
+        self.hidden: dict[int, int] = {}
+        #: Task id -> (reads left, status): the status is set on that read (see :meth:`after_reads`).
+        self.scripted: dict[int, tuple[int, str]] = {}
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -205,8 +222,13 @@ class PandaSim:
                     heapq.heappush(self._heap, (task.due, task.task_id))
 
     def _set_status(self, task: Task, status: str) -> None:
+        if status.startswith(NEW_ATTEMPT):
+            status = status[len(NEW_ATTEMPT):]
+            task.attempt += 1
         task.status = status
-        task.modified = self.clock.wall()
+        task.modified = task.state_changed = self.clock.wall()
+        if status == "broken":
+            task.error_dialog = BROKEN_DIALOG
         if status == "ready":
             self._make_jobs(task)
         elif status == "running":
@@ -309,16 +331,50 @@ class PandaSim:
                 ids.append(task.task_id)
             return ids
 
-    def _restart(self, task: Task, via: str) -> None:
-        task.attempt += 1
-        self._set_status(task, via)
-        self._schedule(task, ["ready", "running"])
+    def _restart(self, task: Task, via: str, at_once: bool = False) -> None:
+        """A new attempt. Commands act as JEDI's TaskCommando does: the task keeps its status (the
+        old ``failed``, say) for one step, then goes ``via`` with attemptNr + 1, ready, running."""
+        if at_once:
+            task.attempt += 1
+            self._set_status(task, via)
+            self._schedule(task, ["ready", "running"])
+        else:
+            self._schedule(task, [NEW_ATTEMPT + via, "ready", "running"])
 
     def visible(self, task_id: int) -> Task | None:
-        """A task as JEDI sees it: not yet there while only DEFT has it (status registered)."""
-        self.advance()
-        task = self.tasks.get(task_id)
-        return None if task is None or task.status == "registered" else task
+        """A task as JEDI sees it: not yet there while only DEFT has it (status registered), or
+        while :meth:`hide` holds it back."""
+        with self.lock:
+            self.advance()
+            if not self._read(task_id):
+                return None
+            task = self.tasks.get(task_id)
+            return None if task is None or task.status == "registered" else task
+
+    def _read(self, task_id: int) -> bool:
+        """Count one read of a task by a client; False while it is hidden."""
+        if self.hidden.get(task_id):
+            self.hidden[task_id] -= 1
+            return False
+        if task_id in self.scripted:
+            left, status = self.scripted[task_id]
+            if left <= 1:
+                del self.scripted[task_id]
+                self.force(task_id, status=status)
+            else:
+                self.scripted[task_id] = (left - 1, status)
+        return True
+
+    def hide(self, task_id: int, reads: int) -> None:
+        """Control: the task stays invisible (only DEFT has it) for its next ``reads`` reads."""
+        with self.lock:
+            self.hidden[task_id] = reads
+
+    def after_reads(self, task_id: int, reads: int, status: str) -> None:
+        """Control: the task takes ``status`` on its ``reads``-th next read by a client (a status
+        read, or a listing in tasks-modified-since), so a test sees a waiter poll several times."""
+        with self.lock:
+            self.scripted[task_id] = (reads, status)
 
     def owns(self, task_id: int, user: User, prod: bool) -> bool:
         """validate_ownership_or_production_role."""
@@ -382,7 +438,7 @@ class PandaSim:
         with self.lock:
             task = self.visible(task_id)
             if task is not None:
-                self._restart(task, "ready")
+                self._restart(task, "ready", at_once=True)
             n_inputs = task.n_jobs if task else 0
             return 0, f"updated {n_inputs} inputs and task {task_id} was reactivated "
 
@@ -414,10 +470,10 @@ class PandaSim:
         with self.lock:
             self.advance()
             found: dict[Any, dict[str, Any]] = {}
-            for task in self.tasks.values():
+            for task in list(self.tasks.values()):
                 if task.owner != user.dn or task.label != label or task.modified < since:
                     continue
-                if task.status == "registered":
+                if task.status == "registered" or not self._read(task.task_id):
                     continue
                 req_id = task.params.get("reqID", task.task_id)
                 found[req_id] = {
@@ -428,6 +484,39 @@ class PandaSim:
                     "cloud": task.params.get("cloud"), "taskName": task.name,
                 }
             return found
+
+    def detailed_info(self, task: Task) -> dict[str, Any]:
+        """``task/get_detailed_info``: the JediTaskSpec fields a client reads, and file progress."""
+        with self.lock:
+            jobs = [self.jobs[j] for j in task.job_ids]
+            n_files = task.n_jobs
+            newest = [j for j in jobs if j.attempt == task.attempt + 1] or jobs
+            finished = sum(j.status == "finished" for j in jobs)
+            failed = sum(j.status in api.JOB_FAILED for j in newest) if task.status in api.TASK_FINAL else 0
+            return {
+                "jediTaskID": task.task_id, "taskName": task.name, "status": task.status,
+                "attemptNr": task.attempt, "stateChangeTime": task.state_changed,
+                "modificationTime": task.modified, "creationDate": task.created, "errorDialog": task.error_dialog,
+                "userName": task.owner, "vo": task.vo, "prodSourceLabel": task.label,
+                "taskType": task.params.get("taskType"), "parent_tid": task.params.get("parent_tid"),
+                "nFiles": n_files, "nFilesFinished": min(finished, n_files), "nFilesFailed": min(failed, n_files),
+                "nFilesMissing": 0, "pctFinished": round(100 * min(finished, n_files) / n_files),
+                "pctFailed": round(100 * min(failed, n_files) / n_files), "raw_task_params": dict(task.params),
+            }
+
+    def find(self, user: User, criteria: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+        """``task/get_tasks_detailed_info_since`` without ``since``: the user's tasks matching
+        equality criteria (or regular expressions), as detailed infos."""
+        with self.lock:
+            self.advance()
+            found = []
+            for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
+                if task.owner != user.dn or task.status == "registered":
+                    continue
+                info = self.detailed_info(task)
+                if all(_matches(info.get(k), v) for k, v in criteria.items()):
+                    found.append(info)
+            return found[:limit]
 
     def job_metadata(self, task_id: int) -> dict[str, Any]:
         with self.lock:

@@ -9,10 +9,34 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_panda import api
+from airflow_provider_panda import api, exceptions
 from airflow_provider_panda.exceptions import PandaCommandRejected, PandaError, PandaNotFoundError
 from airflow_provider_panda.transport import is_transient
-from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
+from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, StaleMark, TaskWatch, WaitSpec
+
+#: Attributes of a PanDA error that cross the trigger boundary with its type and message.
+_ERROR_ATTRIBUTES = ("status_code", "text", "server_message", "code", "task_id", "status", "action")
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """An error as event fields: its type's name and its primitive attributes."""
+    attrs = {k: getattr(exc, k) for k in _ERROR_ATTRIBUTES
+             if isinstance(getattr(exc, k, None), (str, int, float, bool))}
+    return {"error_type": type(exc).__name__, "error_attributes": attrs}
+
+
+def event_error(event: dict[str, Any]) -> PandaError:
+    """The typed error an ``error`` event stands for (``PandaAuthError``, ``PandaNotFoundError``...)."""
+    message = event.get("message") or f"waiting on PanDA task {event.get('jedi_task_id')} failed"
+    cls = getattr(exceptions, str(event.get("error_type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, PandaError)):
+        cls = PandaError
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    for key, value in (event.get("error_attributes") or {}).items():
+        if key in _ERROR_ATTRIBUTES:
+            setattr(error, key, value)
+    return error
 
 
 class PandaTaskTrigger(BaseTrigger):
@@ -27,7 +51,8 @@ class PandaTaskTrigger(BaseTrigger):
     :param failure_statuses: statuses that end it badly (any other stop status does too).
     :param end_time: epoch seconds after which the wait fires ``timeout``; None waits forever.
     :param cancel_on_kill: kill the PanDA task when a user kills the deferred Airflow task.
-    :param stale_status: a status read before a command that must not end the wait (see TaskWatch).
+    :param stale_status: a status read before a command that must not end the wait: a
+        :class:`~airflow_provider_panda.waiting.StaleMark` as a dict (or a bare status).
     :param carry: primitives echoed back in the event, so the resumed operator gets its state even
         where method kwargs are dropped (``airflow dags test`` keeps only the event).
     :param shared_poller: share one status poller per connection in the triggerer (one request per
@@ -43,7 +68,7 @@ class PandaTaskTrigger(BaseTrigger):
         failure_statuses: tuple[str, ...] | list[str] | None = None,
         end_time: float | None = None,
         cancel_on_kill: bool = True,
-        stale_status: str | None = None,
+        stale_status: str | dict[str, Any] | None = None,
         carry: dict[str, Any] | None = None,
         shared_poller: bool = True,
     ) -> None:
@@ -76,28 +101,33 @@ class PandaTaskTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, task_status: str | None, message: str) -> TriggerEvent:
-        return TriggerEvent({"status": status, "jedi_task_id": self.jedi_task_id, "task_status": task_status,
-                             "message": message, "carry": self.carry})
+    def _event(self, status: str, task_status: str | None, message: str,
+               error: BaseException | None = None) -> TriggerEvent:
+        payload = {"status": status, "jedi_task_id": self.jedi_task_id, "task_status": task_status,
+                   "message": message, "carry": self.carry}
+        if error is not None:
+            payload.update(error_fields(error))
+        return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         spec = WaitSpec.build(self.success_statuses, self.failure_statuses)
-        watch = TaskWatch(self.jedi_task_id, spec, self.log, stale_status=self.stale_status)
+        watch = TaskWatch(self.jedi_task_id, spec, self.log, stale=StaleMark.load(self.stale_status))
         try:
             source = await (_SharedSource.open(self) if self.shared_poller else _OwnSource.open(self))
         except PandaError as exc:
-            yield self._event(ERROR, None, str(exc))
+            yield self._event(ERROR, None, str(exc), exc)
             return
         try:
             while True:
                 try:
                     status = await source.read()
-                    verdict = watch.observe(status)
+                    info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
+                    verdict = watch.observe(status, info)
                     if watch.moved:
-                        watch.log_jobs(await source.client.get_task_jobs(self.jedi_task_id))
+                        watch.log_progress(info or await self._info_or_none(source.client))
                 except PandaError as exc:
                     if not is_transient(exc):
-                        yield self._event(ERROR, watch.last_status, str(exc))
+                        yield self._event(ERROR, watch.last_status, str(exc), exc)
                         return
                     self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
                     verdict = None
@@ -106,7 +136,8 @@ class PandaTaskTrigger(BaseTrigger):
                     yield self._event(verdict, watch.last_status, message)
                     return
                 if verdict == ERROR:
-                    yield self._event(ERROR, None, f"PanDA task {self.jedi_task_id} is not known to the server")
+                    message = f"PanDA task {self.jedi_task_id} is not known to the server"
+                    yield self._event(ERROR, None, message, PandaNotFoundError(message))
                     return
                 if self.end_time is not None and time.time() >= self.end_time:
                     yield self._event(TIMEOUT, watch.last_status,
@@ -115,6 +146,13 @@ class PandaTaskTrigger(BaseTrigger):
                 await source.pause()
         finally:
             await source.close()
+
+    async def _info_or_none(self, client: Any) -> dict[str, Any] | None:
+        """Task-level progress for the log; a failed read only leaves the line out."""
+        try:
+            return await client.get_task_info(self.jedi_task_id)
+        except PandaError:
+            return None
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked."""

@@ -1,0 +1,29 @@
+"""What a failed wait tells the user, read best-effort from the server (shared by operators and sensor)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_panda.exceptions import PandaError, PandaTaskFailedError
+from airflow_provider_panda.waiting import failure_message
+
+if TYPE_CHECKING:
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+
+def _best_effort(read: Any, log: Any, what: str) -> Any:
+    try:
+        return read()
+    except PandaError as exc:  # the report must never replace the failure it reports
+        if log is not None:
+            log.warning("Could not read %s for the failure report: %s", what, exc)
+        return None
+
+
+def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None) -> PandaTaskFailedError:
+    """The error a failed wait raises: status, ``errorDialog``, file counts, the commonest errors of
+    the newest jobs, and the monitor link; a read that fails only leaves its part out."""
+    info = _best_effort(lambda: hook.get_task_info(task_id), log, "the task's details")
+    jobs = _best_effort(lambda: hook.get_task_jobs(task_id), log, "the task's newest jobs")
+    message = failure_message(task_id, status, info, jobs, hook.monitor_url(task_id))
+    return PandaTaskFailedError(message, task_id, status or "unknown")

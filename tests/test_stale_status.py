@@ -1,0 +1,130 @@
+"""After a retry the server still says ``failed`` until JEDI acts: a wait must not take that old
+status for the retry's outcome, and must not miss a retry that fails again between two polls.
+
+The second case hung CI (``test_auto_retry_failure``): the wait ignored ``failed`` until it saw the
+task leave it, and a fast failing retry never showed anything else, so it sat until the 600 s grace.
+A wait now tells a new attempt by the task's ``attemptNr``/``stateChangeTime`` (``StaleMark``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+import pytest
+from airflow_runs import run_dag
+from conftest import params_with_outcomes, wait_for, wait_status
+
+from airflow_provider_panda.waiting import FAILURE, SUCCESS, StaleMark, TaskWatch, WaitSpec
+
+LOG = logging.getLogger("test")
+
+
+@pytest.fixture(autouse=True)
+def _conn(conn_env):
+    conn_env()
+
+
+def test_stale_mark_tells_old_from_new():
+    info = {"attemptNr": 0, "stateChangeTime": datetime(2026, 1, 1, 10), "errorDialog": None}
+    mark = StaleMark.of("failed", info)
+    watch = TaskWatch(1, WaitSpec.build(), LOG, stale=mark)
+    assert watch.needs_info("failed") and not watch.needs_info("running")
+    assert watch.observe("failed", dict(info)) is None  # the same attempt: the old failure
+    assert watch.observe("failed", {**info, "attemptNr": 1}) == FAILURE  # a new attempt failed again
+    # a refused retry: JEDI puts the old status back with a new state-change time and a dialog
+    refused = TaskWatch(1, WaitSpec.build(), LOG, stale=mark)
+    assert refused.observe("failed", {**info, "stateChangeTime": datetime(2026, 1, 1, 11),
+                                      "errorDialog": "no retry since no new/unprocessed files available"}) == FAILURE
+    # seeing another status in between still ends the staleness (servers without details)
+    bare = TaskWatch(1, WaitSpec.build(), LOG, stale=StaleMark("failed"))
+    assert not bare.needs_info("failed") and bare.observe("failed") is None
+    assert bare.observe("running") is None and bare.observe("done") == SUCCESS
+    assert StaleMark.load(mark.to_dict()) == mark and StaleMark.load("failed") == StaleMark("failed")
+
+
+def test_a_wait_on_a_retry_that_fails_between_two_polls_ends_within_one_interval(hook, panda_server):
+    """The hook-level loop every mode runs: poll every ``interval``; the retried task fails again
+    long before the next poll; the wait must end at the first poll after the new failure."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed"], "fastfail"))
+    wait_status(hook, task_id, {"failed"})
+    mark = StaleMark.of("failed", hook.get_task_info(task_id))
+    hook.retry_task(task_id)
+    interval = 1.0
+    watch = TaskWatch(task_id, WaitSpec.build(), LOG, stale=mark)
+    verdict, polls = None, 0
+    while verdict is None:
+        status = hook.get_task_status(task_id)
+        verdict = watch.observe(status, hook.get_task_info(task_id) if watch.needs_info(status) else None)
+        polls += 1
+        if verdict is None:
+            assert polls < 30, "the wait did not end"
+            time.sleep(interval)
+    ended = time.time()
+    info = hook.get_task_info(task_id)
+    assert verdict == FAILURE and info["attemptNr"] == 1 and info["status"] == "failed"
+    failed_at = info["stateChangeTime"].replace(tzinfo=timezone.utc).timestamp()  # whole seconds
+    assert ended - failed_at <= interval + 1.0 + 0.5, (ended - failed_at, polls)
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_retry_operator_ends_on_a_retry_that_fails_again(panda_server, hook, capfd, deferrable):
+    """RetryTaskOperator (as in panda_auto_retry's failing branch): the task fails again within
+    the first poll interval. Before the fix this waited for the 600 s grace."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed"], "refail"))
+    wait_status(hook, task_id, {"failed"})
+    started = time.monotonic()
+    run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id}, wait_for_completion=True, "
+                  f"poll_interval=1.0, not_found_grace=120, deferrable={deferrable})")
+    assert run.states == {"retry": "failed"}
+    assert time.monotonic() - started < 60
+    assert panda_server.sim.tasks[task_id].attempt == 1
+    if not deferrable:
+        assert f"PanDA task {task_id} ended failed" in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_auto_retry_sees_each_new_failure(panda_server, capfd, deferrable):
+    params = params_with_outcomes(panda_server, ["failed"], "autorefail")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, auto_retries=2, poll_interval=1.0, "
+                  f"not_found_grace=120, deferrable={deferrable})", params=repr(params))
+    assert run.states == {"submit": "failed"}
+    [task] = [t for t in panda_server.sim.tasks.values() if t.name == params["taskName"]]
+    assert task.attempt == 2 and task.status == "failed"
+    if not deferrable:  # the resumed task's log lines are not reliably on this process's stdout
+        out = "".join(capfd.readouterr())
+        assert "automatic retry 2 of 2" in out and "failed again (attempt 2)" in out
+
+
+def test_trigger_keeps_waiting_while_the_retry_is_not_processed(hook, panda_server):
+    """JEDI has not acted on the retry (clock frozen): the old ``failed`` must not end the wait;
+    once it acts and the task runs to done, the trigger fires success."""
+    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "trigstale2"))
+    wait_status(hook, task_id, {"failed"})
+    mark = StaleMark.of("failed", hook.get_task_info(task_id))
+    panda_server.sim.clock.freeze(True)
+    hook.retry_task(task_id)
+    reads = panda_server.panda.requests.copy()
+
+    async def scenario():
+        trigger = PandaTaskTrigger(task_id, poll_interval=0.05, stale_status=mark.to_dict(), shared_poller=False)
+        waiting = asyncio.ensure_future(_first_event(trigger))
+        # the trigger reads the stale status (and the details) several times without firing
+        await asyncio.to_thread(wait_for, lambda: panda_server.panda.requests["task/get_detailed_info"]
+                                - reads["task/get_detailed_info"] >= 3, 20)
+        assert not waiting.done()
+        panda_server.sim.clock.freeze(False)
+        return await asyncio.wait_for(waiting, 30)
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "success" and event["task_status"] == "done"
+
+
+async def _first_event(trigger):
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("no event")
