@@ -28,13 +28,23 @@ class Run:
     state: str
     states: dict[str, str]
 
-    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+    def tries(self, task_id: str, map_index: int = -1) -> int:
+        """How many tries the task instance ran (its try_number)."""
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            ti = session.query(TaskInstance).filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id,
+                                                       map_index=map_index).one()
+            return ti.try_number
+
+    def xcom(self, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
 
         with create_session() as session:
             row = session.query(XComModel).filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id,
-                                                     key=key).first()
+                                                     key=key, map_index=map_index).first()
             return None if row is None else XComModel.deserialize_value(row)
 
 
@@ -63,5 +73,7 @@ def run_dag(body: str, **fmt: Any) -> Run:
     path.write_text(source)
     dag = get_bagged_dag(None, dag_id, dagfile_path=str(path))
     dag_run = dag.test()
-    states = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dag_run.get_task_instances()}
+    states = {(ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(getattr(ti.state, "value",
+                                                                                                 ti.state))
+              for ti in dag_run.get_task_instances()}
     return Run(dag_id, dag_run.run_id, str(getattr(dag_run.state, "value", dag_run.state)), states)

@@ -260,7 +260,10 @@ def test_bad_arguments_fail_at_parse_time():
     with pytest.raises(PandaInputError, match="auto_retries"):
         SubmitTaskOperator(task_id="x", task_params={}, auto_retries=-1)
     with pytest.raises(PandaInputError, match="both success and failure"):
-        TaskStatusSensor(task_id="x", jedi_task_id=1, target_statuses=("done",), failure_statuses=("done",))
+        TaskStatusSensor(task_id="x", jedi_task_id=1, success_statuses=("done",), failure_statuses=("done",))
+    with pytest.warns(DeprecationWarning, match="target_statuses"):
+        sensor = TaskStatusSensor(task_id="x", jedi_task_id=1, target_statuses=("done", "finished"))
+    assert sensor.success_statuses == ("done", "finished")
 
 
 def test_on_kill_kills_the_panda_task(panda_server, hook):
@@ -278,3 +281,46 @@ def test_on_kill_kills_the_panda_task(panda_server, hook):
     keep._jedi_task_id = other
     keep.on_kill()
     assert hook.get_task_status(other) == "running"
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_sensor_not_found_grace_expires_in_every_mode(panda_server, capfd, mode):
+    """A task that never appears fails the sensor after the grace, also when every poke is a new
+    process (reschedule) and in the triggerer: the grace is not restarted at each poke."""
+    args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id=987654321, poke_interval=0.3, timeout=300, "
+                  f"not_found_grace=2, {args})")
+    assert run.states == {"wait": "failed"}
+    assert "is not known to the server" in "".join(capfd.readouterr())
+
+
+def test_deferred_sensor_times_out(panda_server, hook, capfd):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "senstmo"))
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.1, timeout=1, "
+                  "deferrable=True)")
+    assert run.states == {"wait": "failed"}
+    assert hook.get_task_status(task_id) == "running"  # the sensor never touches the task
+
+
+def test_timeout_fail_leaves_the_task_running(panda_server, hook, capfd):
+    params = params_with_outcomes(panda_server, ["hang"], "tmofail")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=0.5, on_timeout='fail', {FAST})",
+                  params=repr(params))
+    assert run.states == {"submit": "failed"}
+    [task] = tasks_named(panda_server, params["taskName"])
+    assert hook.get_task_status(task.task_id) == "running"
+    assert "after 0.5 s. Monitor" in "".join(capfd.readouterr())
+
+
+def test_parent_task_id_is_sent_and_checked(panda_server, hook):
+    parent = hook.submit_task(task_params("parent"))
+    params = task_params("child")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, parent_task_id='{parent}', {FAST})",
+                  params=repr(params))
+    assert run.states == {"submit": "success"}
+    [child] = tasks_named(panda_server, params["taskName"])
+    assert child.parent == parent and hook.get_task_info(child.task_id)["parent_tid"] == parent
+    orphan = task_params("orphan")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, parent_task_id=987654321, {FAST})",
+                  params=repr(orphan))
+    assert run.states == {"submit": "failed"} and not tasks_named(panda_server, orphan["taskName"])

@@ -55,6 +55,8 @@ ON_TIMEOUT = ("fail", "kill", "finish")
 #: What SubmitTaskOperator does when the taskName is held by a task this instance did not submit.
 IF_EXISTS = ("fail", "adopt", "reexecute")
 MAX_POLL_INTERVAL = 24 * 3600.0
+#: Statuses on their way to a known end: an Airflow retry waits for the end before acting.
+SETTLING = frozenset({"toabort", "aborting", "tobroken"})
 
 
 def _default_deferrable() -> bool:
@@ -177,7 +179,7 @@ class _PandaTaskWaiter(_PandaOperator):
                     jedi_task_id=task_id, panda_conn_id=self.panda_conn_id, poll_interval=self.poll_interval,
                     success_statuses=spec.success, failure_statuses=spec.failure, end_time=end_time,
                     cancel_on_kill=self.cancel_on_kill, stale_status=stale.to_dict() if stale else None,
-                    carry={"end_time": end_time, **resume},
+                    carry={"end_time": end_time, **resume}, not_found_grace=self.not_found_grace,
                 ),
                 method_name="execute_complete",
                 kwargs={"end_time": end_time, **resume},
@@ -448,13 +450,10 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     def _resume(self, params: dict[str, Any], task_id: int) -> StaleMark | None:
         """What an earlier try's task needs now: nothing (active or succeeded), a PanDA retry
         (failed, finished, exhausted), a re-execution (aborted) or the end (broken)."""
-        status = self._status(task_id)
+        status = self._settled_status(task_id)
         self.log.info("Reattached to PanDA task %s (%s)", task_id, status or "not visible yet")
         if status == "broken":
-            dialog = (self._info_or_none(task_id) or {}).get("errorDialog") or "(no errorDialog)"
-            raise _fail_without_retry(
-                f"PanDA task {task_id} is broken: its definition cannot run, so no Airflow retry is spent on it. "
-                f"PanDA says: {dialog}. Monitor: {self.hook.monitor_url(task_id)}")
+            self._broken(task_id)
         if status is None or self.spec.classify(status) != FAILURE:
             return None
         if status == "aborted":
@@ -469,6 +468,22 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             self.hook.retry_task(task_id, self.retry_new_params)
             return stale
         return None  # any other failing status: the wait reports it
+
+    def _settled_status(self, task_id: int) -> str | None:
+        """The status, once a task on its way to a known end (``toabort`` > ``aborted``) is there."""
+        status = self._status(task_id)
+        deadline = time.monotonic() + self.not_found_grace
+        while status in SETTLING and time.monotonic() < deadline:
+            time.sleep(min(self.poll_interval, 10.0))
+            status = self._status(task_id)
+        return status
+
+    def _broken(self, task_id: int) -> None:
+        """A broken task's definition cannot run: fail now, without spending Airflow retries."""
+        from airflow_provider_panda.reports import task_failed
+
+        report = task_failed(self.hook, task_id, "broken", self.log)
+        raise _fail_without_retry(f"{report} No Airflow retry is spent on a broken task: fix its definition.", report)
 
     def _reexecute(self, params: dict[str, Any], parent: int | None, task_id: int) -> int:
         """Incremental execution: the same name submitted again re-runs the finished task."""
@@ -509,6 +524,8 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 self.log.info("PanDA task %s ended %s: automatic retry %d of %d", task_id, status,
                               retries_done + 1, self.auto_retries)
                 return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done + 1)
+        if verdict == FAILURE and status == "broken":
+            self._broken(task_id)
         return super()._conclude(context, task_id, verdict, status, end_time=end_time)
 
 

@@ -134,7 +134,7 @@ class TaskStatusSensor(BaseSensorOperator):
             trigger=PandaTaskTrigger(jedi_task_id=task_id, panda_conn_id=self.panda_conn_id,
                                      poll_interval=self.poke_interval, success_statuses=self.spec.success,
                                      failure_statuses=self.spec.failure, end_time=time.time() + self.timeout,
-                                     cancel_on_kill=False),
+                                     cancel_on_kill=False, not_found_grace=self.not_found_grace),
             method_name="execute_complete",
         )
 

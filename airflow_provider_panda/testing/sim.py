@@ -147,6 +147,7 @@ class Task:
     #: When the status last changed (JEDI's ``stateChangeTime``; never back-dated, unlike ``modified``).
     state_changed: datetime | None = None
     error_dialog: str | None = None
+    parent: int | None = None
 
     @property
     def outcome(self) -> str:
@@ -311,6 +312,7 @@ class PandaSim:
             wall = self.clock.wall()
             task = Task(next(self._task_ids), name, params, params["userName"], vo, label, "registered",
                         self._outcomes_for(name, params), wall, wall)
+            task.parent = parent_tid
             self.tasks[task.task_id] = task
             self._schedule(task, list(ATTEMPT_PATH[1:]))
             return SubmitCode.NEW, api.submit_new_message(task.task_id)
@@ -498,7 +500,7 @@ class PandaSim:
                 "attemptNr": task.attempt, "stateChangeTime": task.state_changed,
                 "modificationTime": task.modified, "creationDate": task.created, "errorDialog": task.error_dialog,
                 "userName": task.owner, "vo": task.vo, "prodSourceLabel": task.label,
-                "taskType": task.params.get("taskType"), "parent_tid": task.params.get("parent_tid"),
+                "taskType": task.params.get("taskType"), "parent_tid": task.parent,
                 "nFiles": n_files, "nFilesFinished": min(finished, n_files), "nFilesFailed": min(failed, n_files),
                 "nFilesMissing": 0, "pctFinished": round(100 * min(finished, n_files) / n_files),
                 "pctFailed": round(100 * min(failed, n_files) / n_files), "raw_task_params": dict(task.params),

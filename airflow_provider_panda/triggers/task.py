@@ -12,7 +12,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_panda import api, exceptions
 from airflow_provider_panda.exceptions import PandaCommandRejected, PandaError, PandaNotFoundError
 from airflow_provider_panda.transport import is_transient
-from airflow_provider_panda.waiting import ERROR, FAILURE, SUCCESS, TIMEOUT, StaleMark, TaskWatch, WaitSpec
+from airflow_provider_panda.waiting import (
+    ERROR,
+    FAILURE,
+    NOT_FOUND_GRACE,
+    SUCCESS,
+    TIMEOUT,
+    StaleMark,
+    TaskWatch,
+    WaitSpec,
+)
 
 #: Attributes of a PanDA error that cross the trigger boundary with its type and message.
 _ERROR_ATTRIBUTES = ("status_code", "text", "server_message", "code", "task_id", "status", "action")
@@ -57,6 +66,8 @@ class PandaTaskTrigger(BaseTrigger):
         where method kwargs are dropped (``airflow dags test`` keeps only the event).
     :param shared_poller: share one status poller per connection in the triggerer (one request per
         interval for all waits, see :mod:`.poller`); False polls this task on its own.
+    :param not_found_grace: how long the task may stay invisible (only DEFT knows it) before the
+        wait ends with an error.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class PandaTaskTrigger(BaseTrigger):
         stale_status: str | dict[str, Any] | None = None,
         carry: dict[str, Any] | None = None,
         shared_poller: bool = True,
+        not_found_grace: float = NOT_FOUND_GRACE,
     ) -> None:
         super().__init__()
         self.jedi_task_id = int(jedi_task_id)
@@ -83,6 +95,7 @@ class PandaTaskTrigger(BaseTrigger):
         self.stale_status = stale_status
         self.carry = dict(carry or {})
         self.shared_poller = shared_poller
+        self.not_found_grace = float(not_found_grace)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -98,6 +111,7 @@ class PandaTaskTrigger(BaseTrigger):
                 "stale_status": self.stale_status,
                 "carry": self.carry,
                 "shared_poller": self.shared_poller,
+                "not_found_grace": self.not_found_grace,
             },
         )
 
@@ -111,7 +125,8 @@ class PandaTaskTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         spec = WaitSpec.build(self.success_statuses, self.failure_statuses)
-        watch = TaskWatch(self.jedi_task_id, spec, self.log, stale=StaleMark.load(self.stale_status))
+        watch = TaskWatch(self.jedi_task_id, spec, self.log, stale=StaleMark.load(self.stale_status),
+                          not_found_grace=self.not_found_grace)
         try:
             source = await (_SharedSource.open(self) if self.shared_poller else _OwnSource.open(self))
         except PandaError as exc:
