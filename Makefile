@@ -8,7 +8,7 @@ AIRFLOW_OLDEST := $(shell sed -n 's/.*"apache-airflow>=\([0-9.]*\)".*/\1/p' pypr
 OLD_VENV := .venv-airflow-$(AIRFLOW_OLDEST)
 OLD_STAMP := $(OLD_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-oldest test-real real-up real-down demo lint local-server clean
+.PHONY: install test test-stress test-oldest test-real real-up real-down demo lint local-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 ## Run the test suite against the local PanDA server (what CI runs first).
 test: $(STAMP)
 	$(PY) -m pytest -q -n 3 tests
+
+## The flake check: the same suite with a busy process on every core (it must pass like this too).
+test-stress: $(STAMP)
+	$(PY) scripts/with_cpu_hog.py -- $(PY) -m pytest -q -n 3 tests
 
 ## The same suite on the oldest Airflow release pyproject.toml admits.
 $(OLD_STAMP): pyproject.toml

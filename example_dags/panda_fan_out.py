@@ -3,6 +3,12 @@
 ``make_task_params`` builds one task description per item (here: a scan over a parameter), and
 ``SubmitTaskOperator.partial(...).expand(task_params=...)`` submits each and waits in the
 triggerer, so no worker slot is held while PanDA works. Set ``n_tasks`` when triggering.
+
+Each mapped instance owns one PanDA task: its ``taskName`` carries the run and the item's index
+(the map index), so no two instances can share (or re-execute) one task. A name already held by
+another task fails that instance before anything is submitted. (Values that come from an upstream
+task, as here, are not rendered as templates: put the index in yourself. In a template file or a
+literal ``expand`` list, ``{{ ti.map_index }}`` does it, as ``panda_task.json`` shows.)
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ with DAG(
         run = dag_run.run_after.strftime("%Y%m%dT%H%M%S%f")
         tasks = []
         for point in range(int(params["n_tasks"])):
-            name = f"user.{params['user']}.airflow.fan_out.{params['tag']}.{run}.p{point:03d}"
+            # item i becomes map index i: the index makes the name its own
+            name = f"user.{params['user']}.airflow.fan_out.{params['tag']}.{run}.m{point:03d}"
             tasks.append({
                 "taskName": name, "uniqueTaskName": True, "vo": params["vo"], "prodSourceLabel": "user",
                 "taskType": "anal", "processingType": "panda-client-test", "transUses": "", "transHome": None,

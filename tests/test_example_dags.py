@@ -38,11 +38,12 @@ def _json(value):
 
 
 class DagRun:
-    def __init__(self, db: Path, dag_id: str, output: str):
+    def __init__(self, db: Path, dag_id: str, output: str, returncode: int):
         self.output = output
+        self.returncode = returncode
         with sqlite3.connect(db) as conn:
-            self.run_id = conn.execute("SELECT run_id FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1",
-                                       (dag_id,)).fetchone()[0]
+            self.run_id, self.run_state = conn.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id=? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
             rows = conn.execute("SELECT task_id, map_index, state FROM task_instance WHERE dag_id=? AND run_id=?",
                                 (dag_id, self.run_id)).fetchall()
             self.states = {(t if m < 0 else f"{t}[{m}]"): s for t, m, s in rows}
@@ -61,8 +62,13 @@ def dags_test(airflow_env, panda_server):
         command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
         if conf:
             command += ["-c", json.dumps(conf)]
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        return DagRun(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db", dag_id, proc.stdout + proc.stderr)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=280)
+        result = DagRun(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db", dag_id, proc.stdout + proc.stderr,
+                        proc.returncode)
+        # `airflow dags test` exits 0 for a successful run and 1 ("DagRun failed") for a failed one
+        expected = 1 if result.run_state == "failed" else 0
+        assert proc.returncode == expected, (result.run_state, proc.returncode, result.output[-3000:])
+        return result
 
     return run
 
@@ -74,6 +80,7 @@ def panda_tasks(server, fragment: str):
 def test_submit_and_wait_success(dags_test, panda_server):
     run = dags_test("panda_submit_and_wait", tag="ok1")
     assert run.states == {"submit": "success", "summarise": "success"}, run.output[-3000:]
+    assert run.returncode == 0
     [task] = panda_tasks(panda_server, ".submit.ok1.")
     assert task.status == "done" and run.xcom("submit") == task.task_id
     assert run.xcom("summarise") == {"jedi_task_id": task.task_id, "finished_jobs": 2, "events": 10}
@@ -83,7 +90,8 @@ def test_submit_and_wait_success(dags_test, panda_server):
 def test_submit_and_wait_failure(dags_test, panda_server):
     run = dags_test("panda_submit_and_wait", tag="failing")
     assert run.states == {"submit": "failed", "summarise": "upstream_failed"}
-    assert "ended failed: 2 of 2 jobs failed" in run.output
+    assert "ended failed." in run.output and "2 of the 2 newest jobs failed" in run.output
+    assert run.returncode == 1
 
 
 def test_auto_retry_success(dags_test, panda_server):

@@ -88,6 +88,21 @@ def test_a_name_held_by_another_task_fails_before_anything_changes(panda_server,
     assert run.tries("submit") == 1  # no Airflow retry spent on it
 
 
+def test_a_name_older_than_the_lookup_window_is_reported_not_adopted(panda_server, hook, capfd):
+    """PanDA's name lookup sees 90 days; an older finished task of the same name is re-executed by
+    PanDA when the name comes again. The operator says so and fails; it does not adopt it."""
+    from datetime import timedelta
+
+    params = params_with_outcomes(panda_server, ["done"], "ancient")
+    old = hook.submit_task(params)
+    wait_status(hook, old, {"done"})
+    panda_server.sim.tasks[old].modified -= timedelta(days=100)
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, {FAST})", params=repr(params))
+    assert run.states == {"submit": "failed"} and run.tries("submit") == 1
+    out = "".join(capfd.readouterr())
+    assert f"belongs to PanDA task {old}" in out and "It is not adopted" in out
+
+
 def test_adopt_an_existing_task_when_asked(panda_server, hook, capfd):
     params = params_with_outcomes(panda_server, ["done"], "adopt")
     other = hook.submit_task(params)

@@ -1,6 +1,7 @@
-"""The real Airflow components (api-server, scheduler, dag-processor, triggerer; LocalExecutor, SQLite)
-run panda_fan_out against the local PanDA server: the waits must be served by the triggerer, the run
-must succeed, and each PanDA task must be submitted once."""
+"""The real Airflow components (api-server on 127.0.0.1, scheduler, dag-processor, triggerer;
+LocalExecutor, SQLite) against the local PanDA server: panda_fan_out's waits served by the
+triggerer; SIGKILL at each step of a submission; and what a user's marks, clears and kills through
+Airflow's REST API do to the PanDA tasks. Every wait here is for a condition, never a fixed time."""
 
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ class Cluster:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "8", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{self.port}/execution/",
-            "AIRFLOW__API__PORT": str(self.port), "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__API__PORT": str(self.port), "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5", "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW_CONN_PANDA_DEFAULT": json.dumps(server.connection(retry_wait=0.1)),
             **(extra_env or {}),
@@ -76,7 +79,8 @@ class Cluster:
                        capture_output=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-        for name, args in [("api-server", ["api-server", "--port", str(self.port)]), ("scheduler", ["scheduler"]),
+        for name, args in [("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.port)]),
+                           ("scheduler", ["scheduler"]),
                            ("dag-processor", ["dag-processor"]), ("triggerer", ["triggerer"])]:
             self.start(name, args)
 
@@ -103,6 +107,25 @@ class Cluster:
     def trigger(self, dag_id: str, conf: dict) -> None:
         subprocess.run([sys.executable, "-m", "airflow", "dags", "trigger", dag_id, "-c", json.dumps(conf)],
                        env=self.env, check=True, capture_output=True)
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A call to Airflow's REST API, as a user (or the UI) makes it."""
+        import requests
+
+        base = f"http://127.0.0.1:{self.port}"
+        if not getattr(self, "_token", None):
+            answer = requests.get(f"{base}/auth/token", timeout=30)
+            answer.raise_for_status()
+            self._token = answer.json()["access_token"]
+        answer = requests.request(method, f"{base}/api/v2/{path}", json=body, timeout=60,
+                                  headers={"Authorization": f"Bearer {self._token}"})
+        assert answer.status_code < 300, (method, path, answer.status_code, answer.text[:500])
+        return answer.json()
+
+    def ti_log(self, dag_id: str, task_id: str) -> str:
+        """Every log file of a task instance (all tries, trigger logs too), concatenated."""
+        return "".join(p.read_text(errors="replace")
+                       for p in sorted(self.home.glob(f"logs/dag_id={dag_id}/**/task_id={task_id}/**/*.log")))
 
 
 @pytest.fixture
@@ -146,10 +169,11 @@ def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
     assert most_triggers >= N_TASKS // 2, most_triggers
     trigger_logs = list(db.parent.glob("logs/dag_id=panda_fan_out/*/task_id=submit/map_index=*/*.trigger.*.log"))
     assert len({p.parent for p in trigger_logs}) == N_TASKS
-    assert all("-> done" in p.read_text() for p in trigger_logs if "Trigger fired event" in p.read_text())
+    fired = [p for p in trigger_logs if "Trigger fired event" in p.read_text()]
+    assert len({p.parent for p in fired}) == N_TASKS  # every mapped wait ended in the triggerer
+    assert all("-> done" in p.read_text() for p in fired)
     polls = panda_server.panda.clients["airflow-provider-panda (httpx)"] - polls_before
     assert 1 <= polls < N_TASKS, polls
-    assert "blocked" not in logs["triggerer"].read_text()  # no "async thread was blocked" warning
     print(f"panda_fan_out: {N_TASKS} deferred waits under the real scheduler and triggerer, "
           f"{most_triggers} triggers at once, {polls} triggerer requests, {elapsed:.0f} s")
 
@@ -226,20 +250,27 @@ def test_sigkill_at_each_step_leaves_one_panda_task(tmp_path, slow_server):
         os.kill(killed["after_accept"], signal.SIGKILL)
         # while waiting in the worker
         wait_until(lambda: [t for t in tasks("waiting") if t.status == "running"], 120, "the wait", cluster.procs)
-        time.sleep(1.5)
+        reads = tasks("waiting")[0].reads
+        wait_until(lambda: tasks("waiting")[0].reads >= reads + 2, 120, "the worker to poll", cluster.procs)
         killed["while_waiting"] = pid("while_waiting")
         os.kill(killed["while_waiting"], signal.SIGKILL)
         # while deferred: the triggerer dies; a new one takes the trigger over
-        wait_until(lambda: query(cluster.db, "SELECT 1 FROM trigger WHERE classpath LIKE '%PandaTaskTrigger'"),
-                   120, "the deferral", cluster.procs)
-        time.sleep(1)
+        wait_until(lambda: query(cluster.db, "SELECT 1 FROM trigger WHERE classpath LIKE '%PandaTaskTrigger' "
+                                             "AND triggerer_id IS NOT NULL"), 120, "the deferral", cluster.procs)
+        wait_until(lambda: tasks("deferred") and tasks("deferred")[0].reads >= 1, 120, "the triggerer to poll",
+                   cluster.procs)
         os.killpg(cluster.procs["triggerer"].pid, signal.SIGKILL)
         cluster.procs["triggerer"].wait()
         cluster.start("triggerer", ["triggerer"])
         # every killed try has been retried and reattached: now let the tasks end
         for task in ("before_request", "after_accept", "while_waiting"):
             wait_until(lambda task=task: pid(task, 2), 180, f"the retry of {task}", cluster.procs)
-        time.sleep(3)
+        # each retried try (and the new triggerer) polls its task before the tasks may end
+        for step in ("before", "accept", "waiting", "deferred"):
+            wait_until(lambda step=step: tasks(step), 120, f"the {step} task", cluster.procs)
+            reads = tasks(step)[0].reads
+            wait_until(lambda step=step, reads=reads: tasks(step)[0].reads >= reads + 2, 180,
+                       f"the {step} task to be polled again", cluster.procs)
         for step in ("before", "accept", "waiting", "deferred"):
             for task in tasks(step):
                 server.sim.force(task.task_id, status="running", outcomes=["done"])
@@ -252,5 +283,90 @@ def test_sigkill_at_each_step_leaves_one_panda_task(tmp_path, slow_server):
         counts = {step: len(tasks(step)) for step in ("before", "accept", "waiting", "deferred")}
         print(f"SIGKILL at each step: PanDA tasks per step {counts}, Airflow tries {tries}")
         assert counts == {"before": 1, "accept": 1, "waiting": 1, "deferred": 1}
+    finally:
+        cluster.stop()
+
+
+ACTIONS_DAG = '''
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+
+def params(step):
+    name = "user.alice.actions." + step + ".{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}"
+    return {"taskName": name, "vo": "atlas", "prodSourceLabel": "user", "noInput": True, "nEvents": 5,
+            "nEventsPerJob": 5}
+
+
+with DAG("panda_actions", schedule=None, start_date=datetime(2026, 1, 1),
+         default_args={"poll_interval": 0.5, "retries": 0}):
+    SubmitTaskOperator(task_id="sync_mark_failed", task_params=params("syncfail"))
+    SubmitTaskOperator(task_id="deferred_mark_success", task_params=params("defsuccess"), deferrable=True)
+    SubmitTaskOperator(task_id="sync_keep", task_params=params("keep"), cancel_on_kill=False)
+    SubmitTaskOperator(task_id="deferred_clear", task_params=params("defclear"), deferrable=True)
+'''
+
+
+def test_user_actions_through_airflows_api(tmp_path, slow_server):
+    """What a user's marks and clears do, through Airflow's REST API as the UI sends them: mark
+    failed or success kills the PanDA task (cancel_on_kill, the default), in the worker and in the
+    triggerer; without cancel_on_kill it is left running; a clear while deferred kills it and the
+    cleared instance's next try re-executes that same task (one jediTaskID, attempt 1) to done."""
+    server = slow_server
+    server.sim.add_rule(r"\.actions\.", ["hang"])
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "panda_actions.py").write_text(ACTIONS_DAG)
+    cluster = Cluster(tmp_path / "home", dags, server)
+    try:
+        cluster.wait_for_dag("panda_actions")
+        cluster.trigger("panda_actions", {})
+
+        def task(step: str):
+            found = [t for t in server.sim.tasks.values() if f".actions.{step}." in t.name]
+            assert len(found) <= 1, found  # never a second task for one instance
+            return found[0] if found else None
+
+        def ti_state(task_id: str) -> str | None:
+            rows = query(cluster.db, "SELECT state FROM task_instance WHERE dag_id='panda_actions' AND task_id=?",
+                         task_id)
+            return rows[0][0] if rows else None
+
+        steps = {"sync_mark_failed": "syncfail", "deferred_mark_success": "defsuccess", "sync_keep": "keep",
+                 "deferred_clear": "defclear"}
+        for task_id, step in steps.items():
+            wait_until(lambda step=step: task(step) and task(step).status == "running" and task(step).reads >= 2,
+                       180, f"{task_id} to wait on a running task", cluster.procs)
+        for task_id in ("deferred_mark_success", "deferred_clear"):
+            wait_until(lambda task_id=task_id: ti_state(task_id) == "deferred", 120, f"{task_id} to defer",
+                       cluster.procs)
+        [(run_id,)] = query(cluster.db, "SELECT run_id FROM dag_run WHERE dag_id='panda_actions'")
+        path = f"dags/panda_actions/dagRuns/{run_id}/taskInstances"
+
+        cluster.api("PATCH", f"{path}/sync_keep", {"new_state": "failed"})
+        cluster.api("PATCH", f"{path}/sync_mark_failed", {"new_state": "failed"})
+        cluster.api("PATCH", f"{path}/deferred_mark_success", {"new_state": "success"})
+        for step in ("syncfail", "defsuccess"):
+            wait_until(lambda step=step: task(step).status == "aborted", 120, f"PanDA task {step} to be killed",
+                       cluster.procs)
+        wait_until(lambda: "is left running (cancel_on_kill is off)" in cluster.ti_log("panda_actions", "sync_keep"),
+                   120, "sync_keep's on_kill", cluster.procs)
+        assert task("keep").status == "running"
+
+        before = task("defclear").attempt
+        cluster.api("POST", "dags/panda_actions/clearTaskInstances",
+                    {"dry_run": False, "task_ids": ["deferred_clear"], "dag_run_id": run_id, "only_failed": False,
+                     "reset_dag_runs": True})
+        wait_until(lambda: task("defclear").attempt == before + 1 and task("defclear").status == "running", 180,
+                   "the cleared instance to re-execute its aborted task", cluster.procs)
+        server.sim.force(task("defclear").task_id, status="running", outcomes=["done"])
+        server.sim.force(task("keep").task_id, status="running", outcomes=["done"])
+        wait_until(lambda: ti_state("deferred_clear") == "success", 180, "deferred_clear to succeed", cluster.procs)
+        log = cluster.ti_log("panda_actions", "deferred_clear")
+        assert "Killing PanDA task" in log and "re-executing it through PanDA's incremental execution" in log
+        assert {s: task(s).status for s in steps.values()} == {
+            "syncfail": "aborted", "defsuccess": "aborted", "keep": "done", "defclear": "done"}
+        assert ti_state("sync_mark_failed") == "failed" and ti_state("deferred_mark_success") == "success"
     finally:
         cluster.stop()

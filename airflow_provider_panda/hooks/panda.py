@@ -12,6 +12,7 @@ import functools
 import os
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,16 @@ from airflow_provider_panda.exceptions import (
 
 #: Keys the server sets or changes in the parameters it stores (insertTaskParamsPanda).
 SERVER_SET_KEYS = frozenset({"userName", "taskType", "taskPriority", "workingGroup"})
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a submission did: the jediTaskID, and whether PanDA re-executes an existing task of
+    that name (incremental execution, code 3) instead of making a new one."""
+
+    task_id: int
+    reexecuted: bool
+    message: str
 
 
 def same_task_params(stored: Any, sent: dict[str, Any]) -> bool:
@@ -119,7 +130,12 @@ class PandaHook(BaseHook):
         return self.run(calls.hello())
 
     def submit_task(self, task_params: dict[str, Any], parent_task_id: int | None = None) -> int:
-        """Submit a task (insertTaskParams) and return its jediTaskID.
+        """Submit a task (insertTaskParams) and return its jediTaskID (see :meth:`submit`)."""
+        return self.submit(task_params, parent_task_id).task_id
+
+    def submit(self, task_params: dict[str, Any], parent_task_id: int | None = None) -> Submission:
+        """Submit a task; the answer says whether PanDA made a new task or re-executes an existing
+        finished one of the same name (incremental execution).
 
         A submission the server's duplicate check covers (``uniqueTaskName: true`` and task type
         ``anal``, see :func:`api.submission_is_repeatable`) is resent after a lost answer, and a
@@ -133,7 +149,7 @@ class PandaHook(BaseHook):
             return self._submit_once(call, task_params)
         attempts = 0
 
-        def once() -> int:
+        def once() -> Submission:
             nonlocal attempts
             attempts += 1
             try:
@@ -143,7 +159,7 @@ class PandaHook(BaseHook):
                 if attempts > 1 and exc.task_id:
                     self.log.warning("Submission resent after a lost answer; the first send created jediTaskID=%s",
                                      exc.task_id)
-                    return exc.task_id
+                    return Submission(exc.task_id, False, exc.server_message)
                 raise
 
         import tenacity
@@ -151,17 +167,19 @@ class PandaHook(BaseHook):
         retrying = tenacity.Retrying(**transport.retrying_kwargs(self.config, self.log, "task/submit"))
         return retrying(once)
 
-    def _read_submission(self, call: Call, answer: dict[str, Any], task_params: dict[str, Any]) -> int:
+    def _read_submission(self, call: Call, answer: dict[str, Any], task_params: dict[str, Any]) -> Submission:
         task_id = call.interpret(answer)
+        message = str(answer.get("message") or "")
         # on success ``data`` is the task's id, not a code: only the message tells a re-execution
-        if api.is_incremental_message(answer.get("message")):
+        reexecuted = api.is_incremental_message(message)
+        if reexecuted:
             self.log.warning("PanDA re-executes the existing task %r (jediTaskID=%s): %s",
-                             task_params["taskName"], task_id, answer.get("message"))
+                             task_params["taskName"], task_id, message)
         else:
             self.log.info("Submitted PanDA task %r: jediTaskID=%s", task_params["taskName"], task_id)
-        return task_id
+        return Submission(task_id, reexecuted, message)
 
-    def _submit_once(self, call: Call, task_params: dict[str, Any]) -> int:
+    def _submit_once(self, call: Call, task_params: dict[str, Any]) -> Submission:
         """A submission a repeat could duplicate: never resent; a lost answer is looked up."""
         name = task_params["taskName"]
         try:
@@ -179,7 +197,7 @@ class PandaHook(BaseHook):
         return self._read_submission(call, answer, task_params)
 
     def _resolve_lost_submission(self, task_params: dict[str, Any], before: set[Any] | None,
-                                 cause: PandaError) -> int:
+                                 cause: PandaError) -> Submission:
         import time
 
         name = task_params["taskName"]
@@ -201,7 +219,7 @@ class PandaHook(BaseHook):
         if found:
             task_id = max(int(t["jediTaskID"]) for t in found)
             self.log.warning("The submission's answer was lost (%s); PanDA has the task: jediTaskID=%s", cause, task_id)
-            return task_id
+            return Submission(task_id, False, "found by name after a lost answer")
         raise PandaSubmissionUnknownError(
             f"The submission of {name!r} got no answer ({cause}) and no such new task is visible yet. It was "
             f"not resent: PanDA checks names for duplicates only for uniqueTaskName tasks of type "

@@ -259,7 +259,11 @@ class _PandaTaskWaiter(_PandaOperator):
 
     def on_kill(self) -> None:
         """Killing the Airflow task kills the PanDA task when ``cancel_on_kill`` is set."""
-        if not self.cancel_on_kill or self._jedi_task_id is None:
+        if self._jedi_task_id is None:
+            return
+        if not self.cancel_on_kill:
+            self.log.info("The Airflow task was killed; PanDA task %s is left running (cancel_on_kill is off)",
+                          self._jedi_task_id)
             return
         try:
             self.hook.kill_task(self._jedi_task_id)
@@ -488,15 +492,16 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     def _reexecute(self, params: dict[str, Any], parent: int | None, task_id: int) -> int:
         """Incremental execution: the same name submitted again re-runs the finished task."""
         params = {**params, **(self.retry_new_params or {}), "uniqueTaskName": True}
-        new_id = self.hook.submit_task(params, parent)
-        if new_id != task_id:
-            self.log.warning("PanDA answered the re-execution of task %s with task %s", task_id, new_id)
-        return new_id
+        answer = self.hook.submit(params, parent)
+        if answer.task_id != task_id or not answer.reexecuted:
+            self.log.warning("PanDA answered the re-execution of task %s with task %s: %s", task_id, answer.task_id,
+                             answer.message)
+        return answer.task_id
 
     def _submit(self, params: dict[str, Any], parent: int | None) -> int:
         """A first submission: a duplicate or re-execution answer means the name was taken meanwhile."""
         try:
-            task_id = self.hook.submit_task(params, parent)
+            answer = self.hook.submit(params, parent)
         except PandaDuplicateTaskError as exc:
             if exc.task_id is not None and self._is_mine(exc.task_id, params):
                 self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
@@ -504,7 +509,13 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             raise _fail_without_retry(
                 f"taskName {params['taskName']!r} is already held by PanDA task {exc.task_id}, which this task "
                 f"instance did not submit ({exc.server_message.split('. ')[0]}); make taskName unique", exc) from None
-        return task_id
+        if answer.reexecuted:  # a finished task older than the lookup window held the name
+            raise _fail_without_retry(
+                f"taskName {params['taskName']!r} belongs to PanDA task {answer.task_id}, which this task instance did "
+                f"not submit (it is older than PanDA's {api.LOOKUP_WINDOW_DAYS}-day name lookup), and PanDA answered "
+                f"the submission by re-executing it: {answer.message}. It is not adopted; make taskName unique. "
+                f"Monitor: {self.hook.monitor_url(answer.task_id)}")
+        return answer.task_id
 
     def _is_mine(self, task_id: int, params: dict[str, Any]) -> bool:
         """Whether a task carries this instance's key (waiting for a DEFT-only task to appear)."""

@@ -148,6 +148,8 @@ class Task:
     state_changed: datetime | None = None
     error_dialog: str | None = None
     parent: int | None = None
+    #: How many times clients read it (status reads, listings): lets tests wait for a waiter's polls.
+    reads: int = 0
 
     @property
     def outcome(self) -> str:
@@ -355,6 +357,8 @@ class PandaSim:
 
     def _read(self, task_id: int) -> bool:
         """Count one read of a task by a client; False while it is hidden."""
+        if task_id in self.tasks:
+            self.tasks[task_id].reads += 1
         if self.hidden.get(task_id):
             self.hidden[task_id] -= 1
             return False
@@ -512,8 +516,9 @@ class PandaSim:
         with self.lock:
             self.advance()
             found = []
+            oldest = self.clock.wall() - timedelta(days=api.LOOKUP_WINDOW_DAYS)  # getTaskIDsWithCriteria_JEDI
             for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
-                if task.owner != user.dn or task.status == "registered":
+                if task.owner != user.dn or task.status == "registered" or task.modified < oldest:
                     continue
                 info = self.detailed_info(task)
                 if all(_matches(info.get(k), v) for k, v in criteria.items()):

@@ -172,6 +172,8 @@ class PandaTaskTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked."""
         if not self.cancel_on_kill:
+            self.log.info("The Airflow task was killed; PanDA task %s is left running (cancel_on_kill is off)",
+                          self.jedi_task_id)
             return
         from airflow_provider_panda.hooks.panda import AsyncPandaClient
 
