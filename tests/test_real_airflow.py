@@ -368,5 +368,10 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
         assert {s: task(s).status for s in steps.values()} == {
             "syncfail": "aborted", "defsuccess": "aborted", "keep": "done", "defclear": "done"}
         assert ti_state("sync_mark_failed") == "failed" and ti_state("deferred_mark_success") == "success"
+        # the task log files a real worker and triggerer wrote hold no credential
+        logs = [p for p in (tmp_path / "home" / "logs").rglob("*.log") if "task_id=" in str(p)]
+        assert len(logs) >= 5, logs
+        token = json.loads(cluster.env["AIRFLOW_CONN_PANDA_DEFAULT"])["password"]
+        assert token and not [p for p in logs if token in p.read_text(errors="replace")]
     finally:
         cluster.stop()

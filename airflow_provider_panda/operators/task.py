@@ -380,7 +380,10 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         task_id, stale = self._attach_or_submit(context, params, parent)
         if not self.wait_for_completion:
             return task_id
-        return self._wait(context, task_id, self.spec, self._end_time(), stale=stale, retries_done=0)
+        # a try that took over an earlier try's active task (a retry, a clear) may see it aborted by
+        # that try's on_kill racing this start: it treats that as the "aborted" row (re-execute once)
+        return self._wait(context, task_id, self.spec, self._end_time(), stale=stale, retries_done=0,
+                          reattached=self._reattached)
 
     # --- whose task is it -----------------------------------------------------------------------
 
@@ -399,10 +402,14 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 return self._name_taken(context, params, parent, newest)
         if known is not None:
             self._remember(context, known)
-            return known, self._resume(params, known)
+            stale = self._resume(params, known)
+            self._reattached = stale is None
+            return known, stale
         task_id = self._submit(params, parent)
         self._remember(context, task_id)
         return task_id, None
+
+    _reattached = False
 
     def _stored_task(self, context: Context) -> int | None:
         store = _state_store(context)
@@ -524,8 +531,14 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         return (info.get("raw_task_params") or {}).get(OWNER_KEY) == params[OWNER_KEY]
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
-                  end_time: float | None = None, retries_done: int = 0, **resume: Any) -> Any:
-        if verdict == FAILURE and retries_done < self.auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
+                  end_time: float | None = None, retries_done: int = 0, reattached: bool = False,
+                  **resume: Any) -> Any:
+        if verdict == FAILURE and status == "aborted" and reattached:
+            self.log.info("PanDA task %s was aborted while this try waited on it (the earlier try's cancel_on_kill "
+                          "after a clear or a kill): re-executing it through PanDA's incremental execution", task_id)
+            stale = self._mark(task_id, status)
+            self._reexecute(self._params(context), None, task_id)
+            return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done)
             stale = self._mark(task_id, status)
             try:
                 self.hook.retry_task(task_id, self.retry_new_params)
