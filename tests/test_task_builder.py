@@ -323,3 +323,47 @@ def test_bad_rendered_name_fails_the_task_before_any_request(_conn, panda_server
     run = run_dag("SubmitTaskOperator(task_id='submit', task={'exec': 'echo', 'out_ds': '{{ \"no.prefix\" }}'})")
     assert run.states == {"submit": "failed"}
     assert panda_server.panda.requests["task/submit"] == before
+
+
+def test_decorator_submits_the_builder_the_function_returns(_conn, panda_server):
+    tag = uuid4().hex[:8]
+    body = """
+    from airflow.sdk import task
+    from airflow_provider_panda.tasks import PrunTask
+
+    @task.panda(poll_interval=0.05)
+    def simulate(seed: int, ti=None) -> PrunTask:
+        return PrunTask(exec=f"gen --seed {seed} %RNDM:1", out_ds=f"user.alice.deco.$tag.{ti.task_id}", n_jobs=3,
+                        outputs=["{{ 'evt' }}.root"])
+
+    @task.panda(poll_interval=0.05)
+    def raw():
+        return {"taskName": "user.alice.deco_raw.$tag", "noInput": True, "nEvents": 1, "nEventsPerJob": 1,
+                "jobParameters": [{"type": "constant", "value": "echo raw"}]}
+
+    simulate(7) >> raw()
+    """
+    run = run_dag(body, tag=tag)
+    assert run.states == {"simulate": "success", "raw": "success"}
+    [task] = [t for t in panda_server.sim.tasks.values() if t.name == f"user.alice.deco.{tag}.simulate/"]
+    assert task.status == "done" and run.xcom("simulate") == task.task_id
+    assert task.params["cliParams"].startswith('prun --exec "gen --seed 7 %RNDM:1"')
+    assert task.params["nEvents"] == 3 and "user.alice.$JEDITASKID._${SN/P}.evt.root" in json.dumps(task.params)
+    assert _rendered_fields(run, "simulate")["task"]["outputs"] == ["evt.root"]  # rendered, shown as JSON
+    assert [t.name for t in panda_server.sim.tasks.values() if t.name == f"user.alice.deco_raw.{tag}"]
+
+
+def test_decorator_bad_description_fails_before_any_request(_conn, panda_server):
+    before = panda_server.panda.requests["task/submit"]
+    body = """
+    from airflow.sdk import task
+
+    @task.panda
+    def bad():
+        return {"exec": "cat %IN", "out_ds": "user.alice.deco_bad"}
+
+    bad()
+    """
+    run = run_dag(body)
+    assert run.states == {"bad": "failed"}
+    assert panda_server.panda.requests["task/submit"] == before
