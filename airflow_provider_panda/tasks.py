@@ -596,8 +596,11 @@ class PrunTask:
             raise PandaInputError(f"bad task fields: {exc}") from None
 
 
-def as_task(task: Any) -> PrunTask:
-    """A PrunTask from a builder or a dict of its fields (templated strings are checked once rendered)."""
+def as_task(task: Any) -> Any:
+    """A PrunTask from a builder or a dict of its fields (templated strings are checked once rendered);
+    a value Airflow resolves at run time (an upstream task's XCom) is kept as it is until then."""
+    if not isinstance(task, (PrunTask, Mapping)) and callable(getattr(task, "resolve", None)):
+        return task
     return PrunTask.from_dict(task)
 
 

@@ -367,3 +367,26 @@ def test_decorator_bad_description_fails_before_any_request(_conn, panda_server)
     run = run_dag(body)
     assert run.states == {"bad": "failed"}
     assert panda_server.panda.requests["task/submit"] == before
+
+
+def test_operator_takes_builders_from_an_upstream_task_and_maps_over_them(_conn, panda_server):
+    tag = uuid4().hex[:8]
+    body = """
+    from airflow.sdk import task
+    from airflow_provider_panda.tasks import PrunTask
+
+    @task
+    def one():
+        return PrunTask(exec="echo one", out_ds="user.alice.up.$tag.one").to_dict()
+
+    @task
+    def many():
+        return [{"exec": f"echo {i}", "out_ds": f"user.alice.up.$tag.m{i}", "n_jobs": i + 1} for i in range(3)]
+
+    SubmitTaskOperator(task_id="single", task=one(), poll_interval=0.05)
+    SubmitTaskOperator.partial(task_id="mapped", poll_interval=0.05).expand(task=many())
+    """
+    run_dag(body, tag=tag)
+    names = sorted(t.name for t in panda_server.sim.tasks.values() if f".up.{tag}." in t.name)
+    assert names == [f"user.alice.up.{tag}.{n}/" for n in ("m0", "m1", "m2", "one")]
+    assert all(t.status == "done" for t in panda_server.sim.tasks.values() if f".up.{tag}." in t.name)

@@ -7,7 +7,8 @@ across Airflow retries, deferrable waits, automatic PanDA retries. Its arguments
 
     @task.panda(deferrable=True, poll_interval=60, auto_retries=2)
     def simulate(seed: int, dag_run=None) -> PrunTask:
-        return PrunTask(exec=f"gen.sh --seed {seed}", out_ds=f"user.alice.gen.{dag_run.run_id}", n_jobs=10)
+        return PrunTask(exec=f"gen.sh --seed {seed}", out_ds=f"user.alice.gen.{dag_run.run_after:%Y%m%dT%H%M%S}",
+                        n_jobs=10)
 """
 
 from __future__ import annotations
