@@ -1,36 +1,18 @@
-"""Describe a PanDA task the way users do with ``prun``: a typed builder that makes prun's task parameter map.
-
-``PrunTask(exec=..., out_ds=..., in_ds=..., outputs=[...], n_jobs=...)`` holds what a user gives prun on
-the command line; :meth:`PrunTask.to_params` returns the map ``prun`` (panda-client 2.2.0) builds for
-the same options, checked before anything is sent: names follow PanDA's and Rucio's rules, counts are
-positive, placeholders in ``exec`` are ones prun knows. A sandbox directory is packed into a tarball and
-uploaded with :meth:`PandaHook.put_file` (an identical one already on the server is reused), as prun does
-with the working directory.
-
-Importing this module is cheap (no hook, no HTTP library): the operator converts a builder at run time.
-"""
+"""The prun side of the builder: ``PrunTask`` holds prun's options as typed fields and makes the task
+parameter map prun (panda-client 2.2.0) makes for them (ports of PrunScript.main, CommonArgs'
+splitting rules, MiscUtils.makeJediJobParam and PsubUtils.convertParamStrToJediParam)."""
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 import os
-import platform
 import re
-import tarfile
-import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_panda import api
 from airflow_provider_panda.exceptions import PandaInputError
-
-if TYPE_CHECKING:
-    from airflow_provider_panda.hooks.panda import PandaHook
 
 #: The prun release whose task parameter map the builder reproduces (and names in ``processingType``).
 PRUN_VERSION = "2.2.0"
@@ -411,7 +393,9 @@ class PrunTask:
         params["includedSite"] = sites if len(sites) > 1 else None
         self._split(params, no_input=not inputs)
         params["cliParams"] = _command_line(["prun", *self.prun_args()])
-        params["osInfo"] = platform.platform()
+        import platform
+
+        params["osInfo"] = platform.platform()  # the submitting host's, as prun records it
         if self.working_group:
             params["workingGroup"] = self.working_group.split(".")[0].split(":")[0]
         params["nMaxFilesPerJob"] = MAX_FILES_PER_JOB
@@ -670,69 +654,3 @@ def _exec_parameters(command: str) -> list[dict[str, Any]]:
         item["padding"] = False
         items.append(item)
     return items
-
-
-# --- the sandbox --------------------------------------------------------------------------------
-
-
-def pack_sandbox(directory: str | os.PathLike[str], build: bool = False, target_dir: str | None = None) -> str:
-    """Pack a directory's files (hidden ones left out, as prun does) into a gzipped tarball; its path.
-
-    The archive depends only on the files (names, modes, contents, sorted; no owners or times), so
-    an unchanged directory gives identical bytes and the server's copy is reused.
-    """
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise PandaInputError(f"sandbox {directory!r} is not a directory" +
-                              ("" if os.path.exists(directory) else " (it does not exist)"))
-    limit = api.SANDBOX_LIMIT if build else api.SANDBOX_NO_BUILD_LIMIT
-    files: list[tuple[str, str]] = []
-    total = 0
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if name.startswith(".") or not os.path.isfile(path):
-                continue
-            total += os.path.getsize(path)
-            files.append((path, os.path.relpath(path, directory)))
-    if total > 20 * limit:
-        raise PandaInputError(f"sandbox {directory!r} holds {total} bytes of files; the cache takes at most "
-                              f"{limit} bytes compressed: leave big files out of it")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path, arcname in files:
-            info = tar.gettarinfo(path, arcname)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            with open(path, "rb") as handle:
-                tar.addfile(info, handle)
-    compressed = gzip.compress(raw.getvalue(), mtime=0)
-    if len(compressed) > limit:
-        raise PandaInputError(f"sandbox {directory!r} packs to {len(compressed)} bytes; the cache takes at most "
-                              f"{limit} bytes for a {'build' if build else 'no-build'} sandbox")
-    name = f"{'sources' if build else 'jobO'}.{uuid.uuid4()}.tar.gz"
-    target = os.path.join(target_dir or tempfile.mkdtemp(prefix="panda-sandbox-"), name)
-    with open(target, "wb") as handle:
-        handle.write(compressed)
-    return target
-
-
-def upload_sandbox(hook: PandaHook, task: PrunTask) -> str | None:
-    """Pack and upload the task's sandbox (reusing an identical one the server holds); its name there."""
-    if task.sandbox is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="panda-sandbox-") as tmp:
-        path = pack_sandbox(task.sandbox, build=task.build, target_dir=tmp)
-        return hook.put_file(path, use_cache_server=task.vo is None, reuse_sandbox=True)
-
-
-def build_task_params(task: PrunTask | Mapping[str, Any], hook: PandaHook) -> dict[str, Any]:
-    """The map to submit for a builder (or its dict): checked, sandbox uploaded, URLs from the connection."""
-    builder = PrunTask.from_dict(task)
-    builder.check()
-    name = upload_sandbox(hook, builder)  # packing checks the directory before the upload
-    config = hook.config
-    base = config.upload_base_url if builder.vo is None else config.base_url
-    return builder.to_params(source_url=base, sandbox_name=name)
