@@ -193,11 +193,21 @@ SANDBOX_CASES = [
     ("a file, not a directory", lambda tmp: dict(GOOD, sandbox=str(_file(tmp / "f.txt", 10))), "not a directory"),
     ("too large", lambda tmp: dict(GOOD, sandbox=str(_random_dir(tmp / "big", api.SANDBOX_NO_BUILD_LIMIT + 4096))),
      "at most"),
+    ("far too large to pack",
+     lambda tmp: dict(GOOD, sandbox=str(_sparse_dir(tmp / "huge", 21 * api.SANDBOX_NO_BUILD_LIMIT))),
+     "leave big files out"),
 ]
 
 
 def _file(path: Path, size: int) -> Path:
     path.write_bytes(b"x" * size)
+    return path
+
+
+def _sparse_dir(path: Path, size: int) -> Path:
+    path.mkdir()
+    with open(path / "huge.bin", "wb") as handle:
+        handle.truncate(size)  # no disk used: refused before it is read
     return path
 
 

@@ -162,16 +162,15 @@ class PrunTask:
             for name in ("n_files", "n_files_per_job", "n_events_per_file"):
                 if getattr(self, name) is not None:
                     raise PandaInputError(f"{name} needs an input dataset (in_ds)")
-        if self.n_files_per_job is not None and self.n_events_per_job is not None and self._inputs():
-            raise PandaInputError("n_files_per_job and n_events_per_job cannot be used together")
         if self.build and self.sandbox is None:
             raise PandaInputError("build=True needs a sandbox directory to build")
         if self.sandbox is not None and (not isinstance(self.sandbox, (str, os.PathLike)) or not str(self.sandbox)):
             raise PandaInputError("sandbox must be a directory path")
         if ready(self.out_ds):
             self._out_ds()
-        for name in (self._inputs() if ready(self.in_ds if isinstance(self.in_ds, str) else "") else []):
-            _check_in_ds(name, "in_ds")
+        for name in self._inputs():
+            if ready(name):
+                _check_in_ds(name, "in_ds")
         if ready(self.out_ds) and all(ready(o) for o in self.outputs):
             self._outputs()
         if ready(self.exec):

@@ -21,7 +21,6 @@ def pack_sandbox(directory: str | os.PathLike[str], build: bool = False, target_
     an unchanged directory gives identical bytes and the server's copy is reused.
     """
     import gzip
-    import io
     import tarfile
     import tempfile
     import uuid
@@ -44,23 +43,25 @@ def pack_sandbox(directory: str | os.PathLike[str], build: bool = False, target_
     if total > 20 * limit:
         raise PandaInputError(f"sandbox {directory!r} holds {total} bytes of files; the cache takes at most "
                               f"{limit} bytes compressed: leave big files out of it")
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    name = f"{'sources' if build else 'jobO'}.{uuid.uuid4()}.tar.gz"
+    target = os.path.join(target_dir or tempfile.mkdtemp(prefix="panda-sandbox-"), name)
+    with open(target, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as packed, \
+            tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, arcname in files:
             info = tar.gettarinfo(path, arcname)
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             info.mtime = 0
-            with open(path, "rb") as handle:
-                tar.addfile(info, handle)
-    compressed = gzip.compress(raw.getvalue(), mtime=0)
-    if len(compressed) > limit:
-        raise PandaInputError(f"sandbox {directory!r} packs to {len(compressed)} bytes; the cache takes at most "
+            if info.isfile():
+                with open(path, "rb") as handle:
+                    tar.addfile(info, handle)
+            else:
+                tar.addfile(info)
+    size = os.path.getsize(target)
+    if size > limit:
+        os.remove(target)
+        raise PandaInputError(f"sandbox {directory!r} packs to {size} bytes; the cache takes at most "
                               f"{limit} bytes for a {'build' if build else 'no-build'} sandbox")
-    name = f"{'sources' if build else 'jobO'}.{uuid.uuid4()}.tar.gz"
-    target = os.path.join(target_dir or tempfile.mkdtemp(prefix="panda-sandbox-"), name)
-    with open(target, "wb") as handle:
-        handle.write(compressed)
     return target
 
 
