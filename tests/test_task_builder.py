@@ -181,6 +181,10 @@ def test_templated_names_are_checked_once_rendered():
     assert rendered["out_ds"] == "mydata.x"
     with pytest.raises(PandaInputError, match="user.<nickname>."):
         PrunTask.from_dict(rendered).to_params()
+    counted = PrunTask(exec="echo", out_ds="user.alice.n", n_jobs="{{ params.n }}")
+    assert PrunTask.from_dict(counted.resolve({"params": {"n": 4}})).to_params()["nEvents"] == 4
+    with pytest.raises(PandaInputError, match="n_jobs must be a positive integer"):
+        PrunTask.from_dict(counted.resolve({"params": {"n": "four"}}))
 
 
 def test_unknown_dict_fields_are_an_error():
@@ -310,7 +314,7 @@ def test_operator_submits_a_templated_builder_with_a_sandbox(_conn, panda_server
 
 
 def test_operator_takes_the_builder_as_a_dict(_conn, panda_server):
-    fields = {"exec": "echo dict", "out_ds": "user.alice.dictform.{{ ts_nodash }}", "n_jobs": 2}
+    fields = {"exec": "echo dict", "out_ds": "user.alice.dictform.{{ ts_nodash }}", "n_jobs": "{{ 1 + 1 }}"}
     run = run_dag(f"SubmitTaskOperator(task_id='submit', poll_interval=0.05, task={fields!r})")
     assert run.states == {"submit": "success"}
     [task] = [t for t in panda_server.sim.tasks.values() if t.name.startswith("user.alice.dictform.")]

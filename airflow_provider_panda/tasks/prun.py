@@ -116,9 +116,13 @@ class PrunTask:
     unique_name: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    #: Counts: positive integers, or templates that render to one (e.g. ``"{{ params.n_jobs }}"``).
+    count_fields: ClassVar[Sequence[str]] = (
+        "n_files", "n_files_per_job", "n_jobs", "n_events", "n_events_per_job", "n_events_per_file", "memory",
+        "walltime_hours", "cores", "max_attempt")
     template_fields: ClassVar[Sequence[str]] = (
         "exec", "out_ds", "in_ds", "secondary", "outputs", "site", "excluded_sites", "cloud", "container_image",
-        "working_group", "vo", "nickname", "sandbox", "extra")
+        "architecture", "working_group", "vo", "prod_source_label", "nickname", "sandbox", "extra", *count_fields)
 
     def __post_init__(self) -> None:
         # What can be checked before templates are rendered is checked now (DAG-parse time).
@@ -129,20 +133,19 @@ class PrunTask:
     def check(self, rendered: bool = True) -> None:
         """Raise PandaInputError for anything prun or PanDA would refuse; names only once rendered."""
         def ready(value: Any) -> bool:
-            return rendered or not (isinstance(value, str) and "{{" in value)
+            return rendered or not (isinstance(value, str) and ("{{" in value or "{%" in value))
 
         if not isinstance(self.exec, str) or not self.exec.strip():
             raise PandaInputError("exec (the command to run, prun --exec) must be a non-empty string")
         if not isinstance(self.out_ds, str) or not self.out_ds.strip():
             raise PandaInputError("out_ds (the output dataset, prun --outDS) is required")
-        for name in ("n_files", "n_files_per_job", "n_jobs", "n_events", "n_events_per_job", "n_events_per_file",
-                     "memory", "walltime_hours", "cores", "max_attempt"):
+        for name in self.count_fields:
             value = getattr(self, name)
-            if value is not None:
+            if value is not None and ready(value):
                 _count(value, name)
-        if self.max_attempt is not None and self.max_attempt > MAX_ATTEMPTS:
+        if isinstance(self.max_attempt, int) and self.max_attempt > MAX_ATTEMPTS:
             raise PandaInputError(f"max_attempt must be at most {MAX_ATTEMPTS} (prun's limit), got {self.max_attempt}")
-        if self.n_files_per_job is not None and self.n_files_per_job > MAX_FILES_PER_JOB:
+        if isinstance(self.n_files_per_job, int) and self.n_files_per_job > MAX_FILES_PER_JOB:
             raise PandaInputError(f"n_files_per_job must be at most {MAX_FILES_PER_JOB}, got {self.n_files_per_job}")
         for name in ("fixed_memory", "build", "unique_name"):
             if not isinstance(getattr(self, name), bool):
@@ -191,7 +194,8 @@ class PrunTask:
                 raise PandaInputError(f"site names are letters, digits, _ or -, got {site!r:.60}")
         if self.vo is not None and ready(self.vo) and not (isinstance(self.vo, str) and _VO.fullmatch(self.vo)):
             raise PandaInputError(f"vo must be a lower-case VO name such as 'atlas', got {self.vo!r:.60}")
-        if self.prod_source_label is not None and not (isinstance(self.prod_source_label, str)
+        if self.prod_source_label is not None and ready(self.prod_source_label) and not (
+                isinstance(self.prod_source_label, str)
                                                        and re.fullmatch(r"[a-z_]+", self.prod_source_label)):
             raise PandaInputError(f"prod_source_label must be a label such as 'user' or 'test', "
                                   f"got {self.prod_source_label!r:.40}")
@@ -549,7 +553,12 @@ class PrunTask:
                 return {k: render(v) for k, v in value.items()}
             return value
 
-        return {k: render(v) if k in self.template_fields else v for k, v in self.to_dict().items()}
+        fields = {k: render(v) if k in self.template_fields else v for k, v in self.to_dict().items()}
+        for name in self.count_fields:
+            value = fields[name]
+            if isinstance(value, str) and value.strip().isdigit():
+                fields[name] = int(value)
+        return fields
 
 
     def to_dict(self) -> dict[str, Any]:
