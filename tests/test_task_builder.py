@@ -404,3 +404,29 @@ def test_operator_takes_builders_from_an_upstream_task_and_maps_over_them(_conn,
     names = sorted(t.name for t in panda_server.sim.tasks.values() if f".up.{tag}." in t.name)
     assert names == [f"user.alice.up.{tag}.{n}/" for n in ("m0", "m1", "m2", "one")]
     assert all(t.status == "done" for t in panda_server.sim.tasks.values() if f".up.{tag}." in t.name)
+
+
+@pytest.mark.parametrize("dag_id, tag", [("panda_submit_and_wait", "demo"), ("panda_auto_retry", "flaky"),
+                                         ("panda_file_recovery", "lost"), ("panda_timeout_kill", "slow")])
+def test_example_dags_describe_their_tasks_with_the_builder(monkeypatch, dag_id, tag):
+    """The examples submit PrunTasks whose rendered names carry the run and the tag the local server reads."""
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+    examples = Path(__file__).resolve().parent.parent / "example_dags"
+    monkeypatch.syspath_prepend(str(examples))
+    bag = DagBag(dag_folder=str(examples / f"{dag_id}.py"))
+    assert not bag.import_errors
+    dag = bag.dags[dag_id]
+    submits = [t for t in dag.tasks if isinstance(t, SubmitTaskOperator)]
+    assert submits and all(isinstance(t.task, PrunTask) and t.task_params is None for t in submits)
+    for op in submits:
+        context = {"params": dict(dag.params), "dag": dag, "ti": SimpleNamespace(task_id=op.task_id),
+                   "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 29, 1, 2, 3, 456789))}
+        params = PrunTask.from_dict(op.task.resolve(context)).to_params(sandbox_name=None)
+        assert params["taskName"] == f"user.alice.airflow.{dag_id}.{op.task_id}.{tag}.20261129T010203456789/"
+        assert params["site"] == "TEST_SITE" and params["nEvents"] == 10 and params["nEventsPerJob"] == 5
