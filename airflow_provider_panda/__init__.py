@@ -57,4 +57,7 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.triggers.task"]}
         ],
         "extra-links": ["airflow_provider_panda.links.PandaTaskLink"],
+        "task-decorators": [
+            {"name": "panda", "class-name": "airflow_provider_panda.decorators.panda.panda_task"}
+        ],
     }

@@ -17,6 +17,20 @@ from airflow.sdk import DAG
 
 from airflow_provider_panda.operators.task import RetryTaskOperator, SubmitTaskOperator
 from airflow_provider_panda.sensors.task import TaskStatusSensor
+from airflow_provider_panda.tasks import PrunTask
+
+TASK = PrunTask(
+    exec="echo hello from Airflow",
+    # The output dataset is also the task's name: unique per run, and the tag reaches it.
+    out_ds="user.{{ params.user }}.airflow.{{ dag.dag_id }}.{{ ti.task_id }}.{{ params.tag }}."
+           "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",
+    n_events=10,
+    n_events_per_job=5,
+    site="{{ params.site }}",
+    vo="{{ params.vo }}",
+    memory=2000,
+    max_attempt=1,
+)
 
 with DAG(
     dag_id="panda_auto_retry",
@@ -29,14 +43,14 @@ with DAG(
 ):
     SubmitTaskOperator(
         task_id="submit_with_auto_retries",
-        task_params="panda_task.json",
+        task=TASK,
         auto_retries=3,
         retry_new_params={"ramCount": 4000},
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )
 
-    submit = SubmitTaskOperator(task_id="submit", task_params="panda_task.json", wait_for_completion=False)
+    submit = SubmitTaskOperator(task_id="submit", task=TASK, wait_for_completion=False)
     wait = TaskStatusSensor(
         task_id="wait",
         jedi_task_id="{{ ti.xcom_pull(task_ids='submit') }}",

@@ -1,9 +1,12 @@
-"""Submit a PanDA task from a JSON template, wait for it (deferrable), then read its jobs' metadata.
+"""Submit a PanDA task described the way prun describes it, wait for it (deferrable), then read its
+jobs' metadata.
 
-The main example: ``submit`` renders ``panda_task.json`` (task name unique per run), submits it and
-waits in the triggerer until the task is ``done``; its XCom is the jediTaskID and its "PanDA
-monitor" link opens the task in the monitor. ``summarise`` reads the job metadata
+The main example: ``TASK`` is a :class:`~airflow_provider_panda.tasks.PrunTask` (what ``prun --exec ...
+--outDS ... --nEvents 10 --nEventsPerJob 5`` would submit); ``submit`` renders it (task name unique per
+run), submits it and waits in the triggerer until the task is ``done``; its XCom is the jediTaskID and
+its "PanDA monitor" link opens the task in the monitor. ``summarise`` reads the job metadata
 (``get_user_job_metadata``). Trigger with ``{"tag": "failing"}`` on the local server to see a failure.
+``panda_fan_out`` shows the other way: raw task parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, task
 
 from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.tasks import PrunTask
+
+TASK = PrunTask(
+    exec="echo hello from Airflow",
+    # The output dataset is also the task's name: unique per run, and the tag reaches it.
+    out_ds="user.{{ params.user }}.airflow.{{ dag.dag_id }}.{{ ti.task_id }}.{{ params.tag }}."
+           "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",
+    n_events=10,
+    n_events_per_job=5,
+    site="{{ params.site }}",
+    vo="{{ params.vo }}",
+    memory=2000,
+    max_attempt=1,
+)
 
 with DAG(
     dag_id="panda_submit_and_wait",
@@ -26,7 +43,7 @@ with DAG(
 ):
     submit = SubmitTaskOperator(
         task_id="submit",
-        task_params="panda_task.json",
+        task=TASK,
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )

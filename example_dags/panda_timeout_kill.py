@@ -15,6 +15,20 @@ from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
 from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.tasks import PrunTask
+
+TASK = PrunTask(
+    exec="echo hello from Airflow",
+    # The output dataset is also the task's name: unique per run, and the tag reaches it.
+    out_ds="user.{{ params.user }}.airflow.{{ dag.dag_id }}.{{ ti.task_id }}.{{ params.tag }}."
+           "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",
+    n_events=10,
+    n_events_per_job=5,
+    site="{{ params.site }}",
+    vo="{{ params.vo }}",
+    memory=2000,
+    max_attempt=1,
+)
 
 TIMEOUT = float(os.environ.get("PANDA_EXAMPLE_TIMEOUT", "3600"))
 
@@ -29,7 +43,7 @@ with DAG(
 ):
     SubmitTaskOperator(
         task_id="kill_when_late",
-        task_params="panda_task.json",
+        task=TASK,
         timeout=TIMEOUT,
         on_timeout="kill",
         deferrable=True,
@@ -37,7 +51,7 @@ with DAG(
     )
     SubmitTaskOperator(
         task_id="finish_when_late",
-        task_params="panda_task.json",
+        task=TASK,
         timeout=TIMEOUT,
         on_timeout="finish",
         deferrable=True,

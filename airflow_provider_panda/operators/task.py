@@ -298,6 +298,8 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     :param task_params: the task parameters (dict), or a ``.json`` template file; templated. The
         operator sets ``uniqueTaskName: true`` unless given. Make ``taskName`` unique per run and
         map index (e.g. include ``{{ run_id }}`` and ``{{ ti.map_index }}``).
+    :param task: instead of ``task_params``, a :class:`~airflow_provider_panda.tasks.PrunTask` (or a dict
+        of its fields): the map prun would make for it, with its sandbox uploaded; its fields are templated.
     :param wait_for_completion: wait until a final status, else return after submitting.
     :param success_statuses: statuses that succeed (default ``("done",)``).
     :param allow_partial: ``finished`` (some jobs failed) succeeds too.
@@ -313,14 +315,15 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
-    template_fields: Sequence[str] = ("task_params", "retry_new_params", "parent_task_id")
+    template_fields: Sequence[str] = ("task_params", "task", "retry_new_params", "parent_task_id")
     template_ext: Sequence[str] = (".json",)
-    template_fields_renderers = {"task_params": "json", "retry_new_params": "json"}
+    template_fields_renderers = {"task_params": "json", "task": "json", "retry_new_params": "json"}
 
     def __init__(
         self,
         *,
-        task_params: dict[str, Any] | str,
+        task_params: dict[str, Any] | str | None = None,
+        task: Any = None,
         wait_for_completion: bool = True,
         success_statuses: Sequence[str] = api.TASK_DEFAULT_SUCCESS,
         allow_partial: bool = False,
@@ -332,13 +335,20 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         **kwargs: Any,
     ) -> None:
         super().__init__(cancel_on_kill=cancel_on_kill, **kwargs)
-        if not isinstance(task_params, (dict, str)):
+        if (task_params is None) == (task is None):
+            raise PandaInputError("give either task_params or task (a PrunTask), not both and not neither")
+        if task is not None:
+            from airflow_provider_panda.tasks import as_task
+
+            task = as_task(task)
+        elif not isinstance(task_params, (dict, str)):
             raise PandaInputError(f"task_params must be a dict or a .json file, got {type(task_params).__name__}")
         if isinstance(auto_retries, bool) or not isinstance(auto_retries, int) or not 0 <= auto_retries <= 100:
             raise PandaInputError(f"auto_retries must be an integer from 0 to 100, got {auto_retries!r}")
         if if_exists not in IF_EXISTS:
             raise PandaInputError(f"if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
         self.task_params = task_params
+        self.task = task
         self.wait_for_completion = wait_for_completion
         self.spec = WaitSpec.build(success_statuses, allow_partial=allow_partial)
         self.success_statuses = self.spec.success
@@ -361,6 +371,10 @@ class SubmitTaskOperator(_PandaTaskWaiter):
 
     def _params(self, context: Context) -> dict[str, Any]:
         params = self.task_params
+        if self.task is not None:
+            from airflow_provider_panda.tasks import build_task_params
+
+            params = build_task_params(self.task, self.hook)
         if isinstance(params, str):
             try:
                 params = json.loads(params)
