@@ -553,6 +553,7 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             stale = self._mark(task_id, status)
             self._reexecute(self._params(context), None, task_id)
             return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done)
+        if verdict == FAILURE and retries_done < self.auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
             stale = self._mark(task_id, status)
             try:
                 self.hook.retry_task(task_id, self.retry_new_params)
