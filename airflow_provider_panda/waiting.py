@@ -155,7 +155,10 @@ class TaskWatch:
 
     def observe(self, status: str | None, info: dict[str, Any] | None = None) -> str | None:
         """Feed the status just read (None: the server does not know the task yet) and, when
-        :meth:`needs_info` said so, the task's details; get the verdict."""
+        :meth:`needs_info` said so, the task's details; get the verdict. The details are read
+        after the status, so their status is the newer one, consistent with their attemptNr."""
+        if info is not None and isinstance(info.get("status"), str):
+            status = info["status"]
         self.previous_status = self.last_status
         self.changed = status != self.last_status or not self.readings
         self.readings += 1
