@@ -134,6 +134,47 @@ def test_failed_task_retried_to_done(backend, hook):
     assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "done"
 
 
+def test_task_details_and_lookup_by_name(backend, hook):
+    """task/get_detailed_info and task/get_tasks_detailed_info_since: what waits (attemptNr,
+    stateChangeTime, errorDialog, file counts) and the ownership check (lookup by name) read."""
+    params = backend.task_params("details")
+    task_id = hook.submit_task(params)
+    wait_status(backend, hook, task_id, {"running"})
+    backend.finish_attempt(task_id, "failed")
+    assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "failed"
+    info = hook.get_task_info(task_id)
+    assert info["jediTaskID"] == task_id and info["status"] == "failed" and info["attemptNr"] == 0
+    assert info["taskName"] == params["taskName"] and info["stateChangeTime"] is not None
+    assert "errorDialog" in info and isinstance(info["nFiles"], int) and isinstance(info["nFilesFailed"], int)
+    assert info["raw_task_params"]["taskName"] == params["taskName"]
+    [found] = hook.find_tasks_by_name(params["taskName"])
+    assert found["jediTaskID"] == task_id and found["raw_task_params"]["taskName"] == params["taskName"]
+    assert hook.find_tasks_by_name(params["taskName"] + ".nosuchtask") == []
+    hook.retry_task(task_id)
+    wait_status(backend, hook, task_id, {"running"})
+    assert hook.get_task_info(task_id)["attemptNr"] == 1  # a new attempt, as waits tell it
+    backend.finish_attempt(task_id, "done")
+    assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "done"
+    with pytest.raises(PandaNotFoundError):
+        hook.get_task_info(2**40)
+
+
+def test_resubmitting_an_aborted_name_reexecutes_it(backend, hook):
+    """PanDA's answer to a finished name is an incremental execution of that task, not a refusal:
+    what the ownership check guards against, and what an Airflow retry after a kill uses."""
+    params = backend.task_params("incexec")
+    task_id = hook.submit_task(params)
+    wait_status(backend, hook, task_id, {"running"})
+    hook.kill_task(task_id)
+    assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "aborted"
+    answer = hook.submit(params)
+    assert answer.task_id == task_id and answer.reexecuted
+    wait_status(backend, hook, task_id, {"running"})
+    assert hook.get_task_info(task_id)["attemptNr"] == 1
+    backend.finish_attempt(task_id, "done")
+    assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "done"
+
+
 def test_retry_of_a_done_task_is_rejected(backend, hook):
     task_id = ended_task(backend, hook, "done", "retrydone")
     with pytest.raises(PandaCommandRejected) as info:
