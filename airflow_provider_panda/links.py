@@ -15,6 +15,10 @@ class PandaTaskLink(BaseOperatorLink):
     name = "PanDA monitor"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        # In the worker the operator that ran knows whether it ever had a task: if not (it failed
+        # before submitting), there is no XCom to ask for, and asking would log "XCom not found".
+        if getattr(operator, "_jedi_task_id", "unknown") is None:
+            return ""
         try:
             from airflow.sdk.execution_time.xcom import XCom
         except ImportError:  # pragma: no cover - Airflow < 3.0 layout

@@ -86,6 +86,7 @@ def test_a_name_held_by_another_task_fails_before_anything_changes(panda_server,
     out = "".join(capfd.readouterr())
     assert f"is already held by PanDA task {other} ({status})" in out and "ti.map_index" in out
     assert run.tries("submit") == 1  # no Airflow retry spent on it
+    assert "XCom not found" not in out  # the monitor link of a task that never submitted is quiet
 
 
 def test_a_name_older_than_the_lookup_window_is_reported_not_adopted(panda_server, hook, capfd):

@@ -75,6 +75,7 @@ class TaskStatusSensor(BaseSensorOperator):
         self.deferrable = (conf.getboolean("operators", "default_deferrable", fallback=False)
                            if deferrable is None else deferrable)
         self._watch: TaskWatch | None = None
+        self._jedi_task_id: int | None = None
 
     @cached_property
     def hook(self) -> PandaHook:
@@ -94,6 +95,7 @@ class TaskStatusSensor(BaseSensorOperator):
             self._watch = TaskWatch(task_id, self.spec, self.log, started=started,
                                     not_found_grace=self.not_found_grace)
             context["ti"].xcom_push(key=MONITOR_URL_KEY, value=self.hook.monitor_url(task_id))
+            self._jedi_task_id = task_id
         return self._watch
 
     def poke(self, context: Context) -> bool:
@@ -143,6 +145,7 @@ class TaskStatusSensor(BaseSensorOperator):
         from airflow_provider_panda.triggers.task import event_error
 
         task_id, status = int(event["jedi_task_id"]), event.get("task_status")
+        self._jedi_task_id = task_id
         if event["status"] == SUCCESS:
             self.log.info("PanDA task %s reached %s", task_id, status)
             return
