@@ -324,3 +324,22 @@ def test_parent_task_id_is_sent_and_checked(panda_server, hook):
     run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, parent_task_id=987654321, {FAST})",
                   params=repr(orphan))
     assert run.states == {"submit": "failed"} and not tasks_named(panda_server, orphan["taskName"])
+
+
+@pytest.mark.parametrize("mode", ["operator", "poke", "reschedule"])
+def test_waits_survive_an_outage(panda_server, conn_env, hook, capfd, mode):
+    """30 status reads in a row answered 503 (a 10-minute outage at a 20 s interval), each failing
+    at once (max_retries=0): the wait keeps going and ends with the task, in every sync mode.
+    The deferred wait's outage test is in test_trigger.py."""
+    conn_env(max_retries=0)
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["done"], f"outage{mode}"))
+    panda_server.panda.faults.extend(["503@task/get_status"] * 30)
+    if mode == "operator":
+        run = run_dag(f"RetryTaskOperator(task_id='wait', jedi_task_id={task_id}, wait_for_completion=True, "
+                      f"not_found_grace=600, {FAST})")
+    else:
+        run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.05, timeout=600, "
+                      f"mode='{mode}')")
+    assert run.states == {"wait": "success"}
+    assert not [f for f in panda_server.panda.faults if f.endswith("@task/get_status")]  # the outage was served
+    assert "HTTP 503" in "".join(capfd.readouterr())

@@ -124,14 +124,24 @@ class _PandaOperator(BaseOperator):
     def _await_visible(self, task_id: int, poll: float = 10.0) -> str:
         """A just-submitted task is only in DEFT for a while: the server refuses commands on it
         ("not the task owner") until JEDI has it. Wait for that, within ``not_found_grace``."""
+        from airflow_provider_panda.transport import is_transient
+
         deadline = time.monotonic() + self.not_found_grace
-        while (status := self._status(task_id)) is None:
-            if time.monotonic() > deadline:
-                raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
-                                         f"(waited {self.not_found_grace:.0f} s for it to appear)")
-            self.log.info("PanDA task %s is not visible yet (queued in DEFT); waiting", task_id)
+        while True:
+            try:
+                status = self._status(task_id)
+            except PandaError as exc:  # an outage: keep trying within the grace, like a wait
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                self.log.warning("PanDA task %s: status read failed (%s); trying again", task_id, exc)
+            else:
+                if status is not None:
+                    return status
+                if time.monotonic() > deadline:
+                    raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
+                                             f"(waited {self.not_found_grace:.0f} s for it to appear)")
+                self.log.info("PanDA task %s is not visible yet (queued in DEFT); waiting", task_id)
             time.sleep(poll)
-        return status
 
     def _mark(self, task_id: int, status: str) -> StaleMark:
         """What the task says before a command, so the wait after it can tell old from new."""
