@@ -375,3 +375,51 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
         assert token and not [p for p in logs if token in p.read_text(errors="replace")]
     finally:
         cluster.stop()
+
+
+def test_a_second_triggerer_takes_the_waits_over(tmp_path, slow_server):
+    """Airflow's triggerer HA: 50 deferred waits (panda_fan_out) held by one triggerer; a second
+    triggerer starts; SIGKILL the first. The second takes every trigger over, every wait ends with
+    its task, and each map index has exactly one PanDA task."""
+    server = slow_server
+    n = 50
+    server.sim.add_rule(r"\.fan_out\.ha\.", ["hang"])
+    cluster = Cluster(tmp_path / "home", EXAMPLES, server, {
+        "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6", "AIRFLOW__CORE__PARALLELISM": "16"})
+    try:
+        cluster.wait_for_dag("panda_fan_out")
+        cluster.trigger("panda_fan_out", {"tag": "ha", "n_tasks": n})
+
+        def held() -> dict:
+            rows = query(cluster.db, "SELECT triggerer_id, COUNT(*) FROM trigger WHERE classpath LIKE "
+                                     "'%PandaTaskTrigger' GROUP BY triggerer_id")
+            return dict(rows)
+
+        first = wait_until(lambda: (h := held()) and len(h) == 1 and None not in h and sum(h.values()) == n
+                           and next(iter(h)), 300, f"{n} deferred waits in the first triggerer", cluster.procs)
+        tasks = [t for t in server.sim.tasks.values() if ".fan_out.ha." in t.name]
+        assert len(tasks) == n
+        cluster.start("triggerer2", ["triggerer"])
+        wait_until(lambda: len(query(cluster.db, "SELECT id FROM job WHERE job_type='TriggererJob' "
+                                                 "AND state='running'")) >= 2, 120, "the second triggerer",
+                   cluster.procs)
+        os.killpg(cluster.procs["triggerer"].pid, signal.SIGKILL)
+        cluster.procs["triggerer"].wait()
+        del cluster.procs["triggerer"]
+        wait_until(lambda: (h := held()) and first not in h and None not in h and sum(h.values()) == n, 180,
+                   "the second triggerer to hold every wait", cluster.procs)
+        reads = {t.task_id: t.reads for t in tasks}
+        wait_until(lambda: all(t.reads > reads[t.task_id] for t in tasks), 120,
+                   "the second triggerer to poll every task", cluster.procs)
+        for task in tasks:
+            server.sim.force(task.task_id, status="running", outcomes=["done"])
+        state = wait_until(lambda: [s for (s,) in query(cluster.db, "SELECT state FROM dag_run WHERE "
+                                                        "dag_id='panda_fan_out'") if s in ("success", "failed")],
+                           300, "the run to end", cluster.procs)
+        rows = query(cluster.db, "SELECT map_index, state FROM task_instance WHERE dag_id='panda_fan_out' "
+                                 "AND task_id='submit'")
+        assert state == ["success"] and len(rows) == n and {s for _, s in rows} == {"success"}, rows
+        ha = [t for t in server.sim.tasks.values() if ".fan_out.ha." in t.name]
+        assert len(ha) == n and len({t.name for t in ha}) == n and all(t.attempt == 0 for t in ha)
+    finally:
+        cluster.stop()
