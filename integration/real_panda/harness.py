@@ -18,6 +18,8 @@ Needs root (apt packages, the postgres user); about a minute from nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -82,7 +85,19 @@ def load_state() -> dict:
 
 
 def save_state(state: dict) -> None:
-    STATE_FILE.write_text(json.dumps(state, indent=1))
+    """Replace the state file in one step: test workers read it while another process writes."""
+    partial = STATE_FILE.with_name(f".state.{os.getpid()}.json")
+    partial.write_text(json.dumps(state, indent=1))
+    os.replace(partial, STATE_FILE)
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per state directory (pytest workers each call ``up``)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def alive(pid: int | None) -> bool:
@@ -526,6 +541,12 @@ def wait_ready(state: dict, timeout: float = 120) -> None:
 
 
 def up() -> dict:
+    """Install what is missing and start what is not running; wait until all of it works."""
+    with exclusive():
+        return _up()
+
+
+def _up() -> dict:
     started = time.monotonic()
     install_system_packages()
     install_panda_server()
@@ -552,6 +573,11 @@ def up() -> dict:
 
 def down() -> None:
     """Stop everything ``up`` started, by PID, and remove the cluster's temp directory."""
+    with exclusive():
+        _down()
+
+
+def _down() -> None:
     state = load_state()
     for name in ("daemons", "jedi", "server"):
         stop_process(state, name)
