@@ -24,7 +24,8 @@ from airflow_provider_panda.exceptions import PandaNotFoundError
 from airflow_provider_panda.hooks.panda import PandaHook
 
 pytestmark = pytest.mark.skipif(os.environ.get("REAL_PANDA") != "1", reason="needs REAL_PANDA=1")
-POLL = "poll_interval=1"
+#: Poll each second; a flow that regresses fails at the operator's timeout instead of hanging the suite.
+POLL = f"poll_interval=1, timeout={RealBackend.timeout:.0f}"
 
 
 @pytest.fixture
