@@ -411,6 +411,8 @@ def environment(state: dict, name: str = "") -> dict[str, str]:
         "PANDA_BEHIND_REAL_LB": "1", "PANDA_NO_ROOT": "1", "TZ": "UTC",
         "PYTHONPATH": os.pathsep.join([str(site_packages() / "pandacommon"), str(REPO)]),
         MARK: f"{STATE_DIR}:{name}",
+        # Their temp files (multiprocessing's pymp-* of killed workers) stay in the state directory.
+        "TMPDIR": str(STATE_DIR / "tmp"),
     })
     if name == "jedi":  # JEDI imports server modules top-level ("import taskbuffer.DBProxyPool")
         env["PYTHONPATH"] += os.pathsep + str(site_packages() / "pandaserver")
@@ -553,6 +555,7 @@ def _up() -> dict:
     patch_installed_server()  # idempotent
     state = load_state()
     (STATE_DIR / "log").mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "tmp").mkdir(exist_ok=True)
     start_postgres(state)
     state.setdefault("server_port", free_port())
     configure(state)
@@ -582,6 +585,7 @@ def _down() -> None:
     for name in ("daemons", "jedi", "server"):
         stop_process(state, name)
     kill_pids(marked_pids(), "left-over harness processes")
+    shutil.rmtree(STATE_DIR / "tmp", ignore_errors=True)
     stop_postgres(state)
     save_state(state)
     log("down")
