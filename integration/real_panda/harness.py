@@ -137,7 +137,6 @@ def install_panda_server() -> None:
     run([sys.executable, "-m", "venv", str(VENV)])
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     # Its build hook looks up the user atlpan when run as root: build with a non-root group.
-    os.chmod(STATE_DIR, 0o777)
     run(["setpriv", "--regid=65534", "--clear-groups", *pip, "--no-deps", PANDA_SERVER],
         env={**os.environ, "HOME": str(STATE_DIR)})
     # Its dependencies, less mod_wsgi (needs Apache's apxs), plus a database driver and gunicorn.
