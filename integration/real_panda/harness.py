@@ -71,6 +71,8 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run as the postgres user, from a directory it can enter (the checkout's may be out of its reach)."""
+    kwargs.setdefault("cwd", "/")
     return run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd], **kwargs)
 
 
