@@ -493,7 +493,7 @@ def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None 
         raise RuntimeError(f"{name} did not log {ready_line!r} within {timeout:.0f} s; see {out_path}")
 
 
-def start_jedi(state: dict, attempts: int = 5) -> None:
+def start_jedi(state: dict, attempts: int = 8) -> None:
     """Start JEDI and make sure its agents work: a start now and then hangs an agent on its first
     cycle (seen with the PostProcessor), so wait for a full PostProcessor cycle, else restart."""
     jedi_pid = STATE_DIR / "jedi.pid"
