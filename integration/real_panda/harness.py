@@ -3,17 +3,24 @@
     python -m integration.real_panda.harness up      # install what is missing, start, wait until ready
     python -m integration.real_panda.harness down    # stop everything it started (by PID)
     python -m integration.real_panda.harness status
+    python -m integration.real_panda.harness backdate TASK_ID STATUS   # as JEDI's updateTaskModTimeJEDI
 
 Pieces: a private PostgreSQL 15 cluster loaded with PanDA's own schema (``../shared/panda-database``,
 else a clone of PanDAWMS/panda-database), panda-server in its own virtualenv under gunicorn behind
 a small WSGI wrapper standing in for Apache's identity handling, JEDI, and the server daemons.
 Idempotent: a second ``up`` reuses what is installed and running. Everything lives in
-``.real_panda/`` (or $REAL_PANDA_DIR). Facts and fixes: ../shared/real-panda-server.md.
+``.real_panda/`` (or $REAL_PANDA_DIR) except the PostgreSQL cluster (data, sockets, its log), which
+runs as the postgres user and so lives where that user can reach whatever the checkout's parents
+are: a directory under the system temp directory, one per checkout, removed by ``down`` (its log is
+kept as ``.real_panda/log/postgresql.log``). Facts and fixes: ../shared/real-panda-server.md.
 Needs root (apt packages, the postgres user); about a minute from nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -22,8 +29,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +40,6 @@ REPO = HERE.parent.parent
 STATE_DIR = Path(os.environ.get("REAL_PANDA_DIR", REPO / ".real_panda"))
 VENV = STATE_DIR / "venv"
 PANDA_HOME = STATE_DIR / "home"
-PG_DATA = STATE_DIR / "pgdata"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 STATE_FILE = STATE_DIR / "state.json"
 DB_PASSWORD = "panda-local"
@@ -63,6 +71,8 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def as_postgres(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run as the postgres user, from a directory it can enter (the checkout's may be out of its reach)."""
+    kwargs.setdefault("cwd", "/")
     return run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *cmd], **kwargs)
 
 
@@ -77,17 +87,31 @@ def load_state() -> dict:
 
 
 def save_state(state: dict) -> None:
-    STATE_FILE.write_text(json.dumps(state, indent=1))
+    """Replace the state file in one step: test workers read it while another process writes."""
+    partial = STATE_FILE.with_name(f".state.{os.getpid()}.json")
+    partial.write_text(json.dumps(state, indent=1))
+    os.replace(partial, STATE_FILE)
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """One ``up`` or ``down`` at a time per state directory (pytest workers each call ``up``)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def alive(pid: int | None) -> bool:
+    """Whether the process runs (a zombie, exited but not reaped, does not)."""
     if not pid:
         return False
     try:
         os.kill(pid, 0)
-    except OSError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 # --- install ------------------------------------------------------------------------------------
@@ -115,7 +139,6 @@ def install_panda_server() -> None:
     run([sys.executable, "-m", "venv", str(VENV)])
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     # Its build hook looks up the user atlpan when run as root: build with a non-root group.
-    os.chmod(STATE_DIR, 0o777)
     run(["setpriv", "--regid=65534", "--clear-groups", *pip, "--no-deps", PANDA_SERVER],
         env={**os.environ, "HOME": str(STATE_DIR)})
     # Its dependencies, less mod_wsgi (needs Apache's apxs), plus a database driver and gunicorn.
@@ -162,21 +185,52 @@ def psql(port: int, db: str, *args: str, user: str = "postgres", **kwargs) -> su
                 *args], stdout=subprocess.DEVNULL, env=env, **kwargs)
 
 
+def _postgres_can_use(folder: Path) -> bool:
+    return as_postgres(["test", "-w", str(folder), "-a", "-x", str(folder)], check=False).returncode == 0
+
+
+def pg_dir(state: dict) -> Path:
+    """The cluster's directory (data, sockets, log), outside the checkout: PostgreSQL runs as the
+    postgres user, who cannot reach into a checkout below a 0700 directory (a home, ``mktemp -d``).
+    One per checkout under the system temp directory (named after the checkout), removed by ``down``."""
+    known = state.get("pg_dir")
+    if known and Path(known).is_dir():
+        return Path(known)
+    tag = hashlib.sha1(str(STATE_DIR).encode()).hexdigest()[:10]
+    for base in dict.fromkeys([tempfile.gettempdir(), "/tmp", "/var/tmp"]):  # the first postgres can use
+        folder = Path(tempfile.mkdtemp(prefix=f"real-panda-pg-{tag}-", dir=base))
+        shutil.chown(folder, "postgres", "postgres")
+        if _postgres_can_use(folder):
+            state.update({"pg_dir": str(folder), "schema_loaded": False})
+            save_state(state)
+            return folder
+        shutil.rmtree(folder)
+    raise RuntimeError("found no temp directory the postgres user can write to")
+
+
+def postmaster_pid(data: Path) -> int | None:
+    """The running postmaster's PID from its postmaster.pid (first line), if any."""
+    try:
+        return int((data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def start_postgres(state: dict) -> int:
     port = state.get("pg_port") or free_port()
-    fresh = not (PG_DATA / "PG_VERSION").exists()
-    if fresh:
-        log("creating a private PostgreSQL cluster")
-        PG_DATA.mkdir(parents=True, exist_ok=True)
-        shutil.chown(PG_DATA, "postgres", "postgres")
-        as_postgres([str(PG_BIN / "initdb"), "-D", str(PG_DATA), "-A", "trust", "-U", "postgres"],
+    folder = pg_dir(state)
+    data = folder / "data"
+    if not (data / "PG_VERSION").exists():
+        log(f"creating a private PostgreSQL cluster in {folder}")
+        as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                     stdout=subprocess.DEVNULL)
-        with open(PG_DATA / "postgresql.conf", "a") as conf:
+        with open(data / "postgresql.conf", "a") as conf:
             conf.write(f"""
 listen_addresses = '127.0.0.1'
 port = {port}
-unix_socket_directories = '{PG_DATA}'
+unix_socket_directories = '{folder}'
 max_connections = 200
+timezone = 'UTC'
 shared_preload_libraries = 'pg_cron, pg_partman_bgw'
 cron.database_name = 'postgres'
 cron.host = '127.0.0.1'
@@ -185,16 +239,37 @@ pg_partman_bgw.interval = 3600
 fsync = off
 synchronous_commit = off
 """)
-    if not (PG_DATA / "postmaster.pid").exists():
-        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PG_DATA), "-l", str(PG_DATA / "server.log"), "-w", "start"],
+    if not alive(postmaster_pid(data)):
+        (data / "postmaster.pid").unlink(missing_ok=True)  # left by a killed run
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "start"],
                     stdout=subprocess.DEVNULL)
-    state["pg_port"] = port
+    state.update({"pg_port": port, "postgres_pid": postmaster_pid(data)})
     save_state(state)
-    if fresh or not state.get("schema_loaded"):
+    if not state.get("schema_loaded"):
         load_schema(port)
         state["schema_loaded"] = True
         save_state(state)
     return port
+
+
+def stop_postgres(state: dict) -> None:
+    """Stop the cluster (pg_ctl, then its postmaster PID if it lingers), keep its log, remove its directory."""
+    folder = Path(state["pg_dir"]) if state.get("pg_dir") else None
+    if folder is None or not folder.is_dir():
+        state.pop("pg_dir", None)
+        return
+    data = folder / "data"
+    pid = postmaster_pid(data) or state.get("postgres_pid")
+    if alive(pid):
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False,
+                    stdout=subprocess.DEVNULL)
+        kill_pids([pid], "postgres")
+    if (folder / "server.log").exists():
+        shutil.copyfile(folder / "server.log", STATE_DIR / "log" / "postgresql.log")
+    shutil.rmtree(folder, ignore_errors=True)
+    for key in ("pg_dir", "postgres_pid", "schema_loaded"):
+        state.pop(key, None)
+    save_state(state)
 
 
 def load_schema(port: int) -> None:
@@ -322,7 +397,13 @@ def _daemon_config() -> str:
     return json.dumps(config)
 
 
-def environment(state: dict, jedi: bool = False) -> dict[str, str]:
+#: Every process the harness starts carries this variable (value: the state directory and the
+#: process's name), and so do all it forks: ``down`` finds JEDI's and the daemons' workers, which
+#: leave their parent's process group, by it and ends them by PID.
+MARK = "REAL_PANDA_HARNESS"
+
+
+def environment(state: dict, name: str = "") -> dict[str, str]:
     url = f"http://127.0.0.1:{state['server_port']}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PANDA", "AIRFLOW"))}
     env.update({
@@ -330,8 +411,11 @@ def environment(state: dict, jedi: bool = False) -> dict[str, str]:
         "PANDACACHE_URL": f"{url}/server/panda", "PANDA_API_URL": f"{url}/api/v1", "PANDA_API_URL_SSL": f"{url}/api/v1",
         "PANDA_BEHIND_REAL_LB": "1", "PANDA_NO_ROOT": "1", "TZ": "UTC",
         "PYTHONPATH": os.pathsep.join([str(site_packages() / "pandacommon"), str(REPO)]),
+        MARK: f"{STATE_DIR}:{name}",
+        # Their temp files (multiprocessing's pymp-* of killed workers) stay in the state directory.
+        "TMPDIR": str(STATE_DIR / "tmp"),
     })
-    if jedi:  # JEDI imports server modules top-level ("import taskbuffer.DBProxyPool")
+    if name == "jedi":  # JEDI imports server modules top-level ("import taskbuffer.DBProxyPool")
         env["PYTHONPATH"] += os.pathsep + str(site_packages() / "pandaserver")
     return env
 
@@ -339,67 +423,99 @@ def environment(state: dict, jedi: bool = False) -> dict[str, str]:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None = None) -> None:
+def marked_pids(name: str = "") -> list[int]:
+    """PIDs of the processes started for this state directory (``name``: only that one's)."""
+    wanted = f"{MARK}={STATE_DIR}:{name}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            variables = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(v == wanted or (not name and v.startswith(wanted)) for v in variables):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_pids(pids: list[int | None], what: str, grace: float = 15.0) -> None:
+    """SIGTERM, wait until they are gone (at most ``grace`` s), then SIGKILL and wait again."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for p in pids if alive(p)]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    left = [p for p in pids if alive(p)]
+    if left:
+        raise RuntimeError(f"{what}: processes {left} survived SIGKILL")
+
+
+def _count(path: Path, text: str) -> int:
+    return path.read_text(errors="replace").count(text) if path.exists() else 0
+
+
+def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None = None,
+                  ready_line: str | None = None, timeout: float = 60.0) -> None:
+    """Start ``name`` unless it runs; with ``pid_file`` it daemonises and that file names the real
+    process; with ``ready_line`` wait until its output shows that line once more than before."""
     if alive(state.get(f"{name}_pid")):
         return
     if pid_file is not None:  # leftovers of a killed run block a new start
         pid_file.unlink(missing_ok=True)
         pid_file.with_name(pid_file.name + ".lock").unlink(missing_ok=True)
-    out = open(STATE_DIR / "log" / f"{name}.out", "a")
-    proc = subprocess.Popen(cmd, env=environment(state, jedi=name == "jedi"), stdout=out, stderr=subprocess.STDOUT,
-                            cwd=str(STATE_DIR),
-                            start_new_session=True)
+    out_path = STATE_DIR / "log" / f"{name}.out"
+    seen = _count(out_path, ready_line) if ready_line else 0
+    out = open(out_path, "a")
+    proc = subprocess.Popen(cmd, env=environment(state, name), stdout=out, stderr=subprocess.STDOUT,
+                            cwd=str(STATE_DIR), start_new_session=True)
+    out.close()
+    deadline = time.monotonic() + timeout
     if pid_file is not None:  # a daemonising process: its PID file names the real one
-        proc.wait(timeout=60)
-        deadline = time.monotonic() + 30
+        proc.wait(timeout=timeout)
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         state[f"{name}_pid"] = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
-        time.sleep(3)
-        if not alive(state[f"{name}_pid"]):
-            raise RuntimeError(f"{name} exited at start; see {STATE_DIR / 'log' / (name + '.out')}")
     else:
         state[f"{name}_pid"] = proc.pid
     save_state(state)
+    while ready_line and _count(out_path, ready_line) <= seen and alive(state[f"{name}_pid"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not alive(state[f"{name}_pid"]):
+        raise RuntimeError(f"{name} exited at start; see {out_path}")
+    if ready_line and _count(out_path, ready_line) <= seen:
+        raise RuntimeError(f"{name} did not log {ready_line!r} within {timeout:.0f} s; see {out_path}")
 
 
-def start_jedi(state: dict, attempts: int = 5) -> None:
+def start_jedi(state: dict, attempts: int = 8) -> None:
     """Start JEDI and make sure its agents work: a start now and then hangs an agent on its first
     cycle (seen with the PostProcessor), so wait for a full PostProcessor cycle, else restart."""
     jedi_pid = STATE_DIR / "jedi.pid"
     command = [str(VENV / "bin" / "python"), str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
                "--pid", str(jedi_pid)]
+    post_log = STATE_DIR / "log" / "panda-PostProcessor.log"
     for attempt in range(1, attempts + 1):
-        post_log = STATE_DIR / "log" / "panda-PostProcessor.log"
-        seen = post_log.read_text(errors="replace").count("> done") if post_log.exists() else 0
+        seen = _count(post_log, "> done")
         start_process(state, "jedi", command, pid_file=jedi_pid)
         deadline = time.monotonic() + 40  # a good start finishes its first cycle within seconds
-        while time.monotonic() < deadline:
-            if post_log.exists() and post_log.read_text(errors="replace").count("> done") > seen:
+        while time.monotonic() < deadline and alive(state.get("jedi_pid")):
+            if _count(post_log, "> done") > seen:
                 return
-            time.sleep(1)
+            time.sleep(0.5)
         log(f"JEDI's PostProcessor did not complete a cycle (start {attempt}); restarting JEDI")
         stop_process(state, "jedi")
     raise RuntimeError(f"JEDI did not come up; see {STATE_DIR / 'log'}")
 
 
 def stop_process(state: dict, name: str) -> None:
-    pid = state.get(f"{name}_pid")
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not alive(pid):
-            break
-        try:
-            os.killpg(os.getpgid(pid), sig)
-        except OSError:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    if name == "jedi":  # its agents run in their own process groups
-        run(["pkill", "-f", "jediorder/JediMaster.py.*" + str(STATE_DIR)], check=False)
+    """End the process and every process it forked (found by their mark), by PID."""
+    kill_pids([state.get(f"{name}_pid"), *marked_pids(name)], name)
     state.pop(f"{name}_pid", None)
     (STATE_DIR / f"{name}.pid").unlink(missing_ok=True)
     (STATE_DIR / f"{name}.pid.lock").unlink(missing_ok=True)
@@ -428,12 +544,19 @@ def wait_ready(state: dict, timeout: float = 120) -> None:
 
 
 def up() -> dict:
+    """Install what is missing and start what is not running; wait until all of it works."""
+    with exclusive():
+        return _up()
+
+
+def _up() -> dict:
     started = time.monotonic()
     install_system_packages()
     install_panda_server()
     patch_installed_server()  # idempotent
     state = load_state()
     (STATE_DIR / "log").mkdir(parents=True, exist_ok=True)
+    (STATE_DIR / "tmp").mkdir(exist_ok=True)
     start_postgres(state)
     state.setdefault("server_port", free_port())
     configure(state)
@@ -445,7 +568,7 @@ def up() -> dict:
     start_jedi(state)
     daemon_pid = STATE_DIR / "daemons.pid"
     start_process(state, "daemons", [python, "-m", "pandaserver.daemons.master", "-P", str(daemon_pid)],
-                  pid_file=daemon_pid)
+                  pid_file=daemon_pid, ready_line="daemon master launched all worker processes")
     state["url"] = base_url(state)
     save_state(state)
     log(f"up at {state['url']} in {time.monotonic() - started:.0f} s")
@@ -453,16 +576,49 @@ def up() -> dict:
 
 
 def down() -> None:
+    """Stop everything ``up`` started, by PID, and remove the cluster's temp directory."""
+    with exclusive():
+        _down()
+
+
+def _down() -> None:
     state = load_state()
     for name in ("daemons", "jedi", "server"):
         stop_process(state, name)
-    # JEDI forks workers into their own process groups: end any left over from this directory.
-    run(["pkill", "-f", str(VENV)], check=False)
-    if (PG_DATA / "postmaster.pid").exists():
-        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(PG_DATA), "-m", "fast", "stop"], check=False,
-                    stdout=subprocess.DEVNULL)
+    kill_pids(marked_pids(), "left-over harness processes")
+    shutil.rmtree(STATE_DIR / "tmp", ignore_errors=True)
+    stop_postgres(state)
     save_state(state)
     log("down")
+
+
+#: What a task's status may be set to (PanDA's statuses: lowercase words).
+STATUS_RE = re.compile(r"[a-z]{2,20}")
+
+
+def backdate_status(task_id: int, status: str) -> None:
+    """Write a task's status as JEDI's ``updateTaskModTimeJEDI`` does (panda-server 1.0.4,
+    taskbuffer/db_proxy_mods/misc_standalone_module.py): the status and ``modificationTime =
+    CURRENT_DATE-1`` in one UPDATE of the JEDI tasks table, so ``get_tasks_modified_since``
+    misses the change while ``get_status`` shows it."""
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or task_id <= 0:
+        raise ValueError(f"task_id must be a positive integer, got {task_id!r}")
+    if not isinstance(status, str) or not STATUS_RE.fullmatch(status):
+        raise ValueError(f"status must be a lowercase word, got {status!r}")
+    state = load_state()
+    if not state.get("pg_port") or not alive(state.get("postgres_pid")):
+        raise RuntimeError("the harness's database is not running (harness up)")
+    # The statement of updateTaskModTimeJEDI, with the schema it is configured with (schemaJEDI).
+    sql = ("UPDATE DOMA_PANDA.JEDI_Tasks SET modificationTime=CURRENT_DATE-1,status=:'status',oldStatus=NULL "
+           "WHERE jediTaskID=:task_id RETURNING jediTaskID;\n")
+    answer = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-p", str(state["pg_port"]), "-U", "panda", "-d", "panda_db", "-X", "-q", "-t",
+         "-A", "-v", "ON_ERROR_STOP=1", "-v", f"status={status}", "-v", f"task_id={task_id}"],
+        input=sql, capture_output=True, text=True, env={**os.environ, "PGPASSWORD": DB_PASSWORD})
+    if answer.returncode != 0:
+        raise RuntimeError(f"backdate_status failed: {answer.stderr.strip()}")
+    if answer.stdout.split() != [str(task_id)]:
+        raise LookupError(f"JEDI has no task {task_id}")
 
 
 def main(argv: list[str]) -> int:
@@ -471,9 +627,11 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"url": up()["url"]}))
     elif command == "down":
         down()
+    elif command == "backdate" and len(argv) == 4 and argv[2].isdigit():
+        backdate_status(int(argv[2]), argv[3])
     elif command == "status":
         state = load_state()
-        print(json.dumps({k: v for k, v in state.items() if k.endswith(("_pid", "url", "port"))}
+        print(json.dumps({k: v for k, v in state.items() if k.endswith(("_pid", "url", "port", "_dir"))}
                          | {"alive": {n: alive(state.get(f"{n}_pid")) for n in ("server", "jedi", "daemons")}}))
     else:
         print(__doc__)
