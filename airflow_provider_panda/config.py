@@ -123,7 +123,10 @@ class PandaConnectionConfig:
             refresh = refresh or from_file
         if not token:
             return None
-        return fresh_token(token, refresh, self.base_url, self.vo or "", self.verify, self.timeout)
+        from airflow_provider_panda.tls import requests_session
+
+        return fresh_token(token, refresh, self.base_url, self.vo or "", self.verify, self.timeout,
+                           session=lambda: requests_session(self))
 
     def _read_token_file(self) -> tuple[str, str | None]:
         try:
