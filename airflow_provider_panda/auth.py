@@ -57,9 +57,9 @@ def _exp(token: str) -> float | None:
     return float(exp) if isinstance(exp, (int, float)) and not isinstance(exp, bool) else None
 
 
-def expires_soon(token: str, margin: float = REFRESH_MARGIN) -> bool:
+def expires_soon(token: str, margin: float | None = None) -> bool:
     exp = _exp(token)
-    return exp is not None and exp - time.time() < margin
+    return exp is not None and exp - time.time() < (REFRESH_MARGIN if margin is None else margin)
 
 
 def fresh_token(token: str, refresh_token: str | None, base_url: str, vo: str, verify: Any, timeout: float,
