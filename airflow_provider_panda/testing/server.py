@@ -609,7 +609,7 @@ class LocalPandaApp:
         if action == "bulk":
             user = self.users[body.get("user", "user")]
             ids = self.sim.bulk_running(int(body.get("n", 1)), user, body.get("outcomes", ["hang"]),
-                                        int(body.get("jobs", 1)))
+                                        int(body.get("jobs", 1)), float(body.get("age", 0)))
             return JSONResponse({"ids": ids})
         if action == "faults":
             self.faults.extend(str(f) for f in body.get("faults", []))

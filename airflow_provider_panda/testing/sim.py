@@ -306,9 +306,10 @@ class PandaSim:
             self._schedule(task, list(ATTEMPT_PATH[1:]))
             return SubmitCode.NEW, api.submit_new_message(task.task_id)
 
-    def bulk_running(self, n: int, user: User, outcomes: list[str], jobs: int = 1) -> list[int]:
+    def bulk_running(self, n: int, user: User, outcomes: list[str], jobs: int = 1, age: float = 0.0) -> list[int]:
         """Control (benchmarks): n tasks of ``user`` already running, with ``jobs`` jobs each
-        (more than one: kept as a block, so 100 tasks of 100,000 jobs fit in memory)."""
+        (more than one: kept as a block, so 100 tasks of 100,000 jobs fit in memory), last
+        modified ``age`` seconds ago."""
         with self.lock:
             ids = []
             for _ in range(n):
@@ -326,6 +327,8 @@ class PandaSim:
                 self._set_status(task, "running")
                 if task.path:
                     self._schedule(task, task.path)
+                if age:
+                    task.created = task.modified = self.clock.wall() - timedelta(seconds=age)
                 ids.append(task.task_id)
             return ids
 
