@@ -301,6 +301,7 @@ class AsyncPandaClient:
             return False
         self.log.info("Connection %s changed: new settings used from the next request", self.conn_id)
         self.config = config
+        await self.aclose()  # timeouts and TLS settings too
         return True
 
     async def _http(self) -> httpx.AsyncClient:

@@ -40,6 +40,9 @@ WINDOW_MARGIN = timedelta(minutes=5)
 #: and credentials": at 10,000 waits a sweep answer is ~3 MB, so K=5 keeps the average under 1 MB
 #: per interval while a back-dated change ends its wait within 5 intervals).
 SWEEP_EVERY = 5
+#: This many new waits with no reading yet are served by a sweep now (one request), fewer by
+#: per-task reads (many triggers start together after a triggerer restart).
+SWEEP_FOR_NEW = 20
 #: A sweep's ``since``: before any task (the server moves anything older than 30 days up to that).
 SWEEP_SINCE = datetime(2000, 1, 1)
 #: At most this many per-task reads run at once (fallback tasks).
@@ -65,6 +68,7 @@ class SharedPoller:
     watchers: dict[int, int] = field(default_factory=dict)  # task id -> number of waits on it
     readings: dict[int, Reading] = field(default_factory=dict)
     covered: set[int] = field(default_factory=set)  # tasks the modified-since answer has shown
+    swept: set[int] = field(default_factory=set)  # tasks watched during an answered sweep
     bulk: bool = True  # False once the server is found not to serve modified-since
     last_ok_start: datetime | None = None
     rounds: int = 0
@@ -113,6 +117,7 @@ class SharedPoller:
         self.watchers.pop(task_id, None)
         self.readings.pop(task_id, None)
         self.confirmed.pop(task_id, None)
+        self.swept.discard(task_id)
         if not self.watchers:
             await self._close()
 
@@ -158,16 +163,19 @@ class SharedPoller:
         fresh: dict[int, str | None] = {}
         sweep_answered = False
         if self.bulk:
-            sweep = self.rounds - self.last_sweep >= SWEEP_EVERY
+            new = sum(1 for t in watched if t not in self.readings)
+            sweep = self.rounds - self.last_sweep >= SWEEP_EVERY or new >= SWEEP_FOR_NEW
             found, sweep_answered = await self._bulk(watched, sweep)
             fresh.update(found)
-        # Read one by one: without bulk, every task; with it, tasks it has never shown, tasks with no
-        # reading yet (a new wait on a task whose earlier waits have ended), and tasks no answer has
-        # confirmed for SWEEP_EVERY rounds (a sweep did not list them; if the sweep itself looked
-        # like a database error, give it one more round before reading them all one by one).
+        # Read one by one: without bulk, every task; with it, tasks with no reading yet (a new wait),
+        # tasks a sweep did not list or listed under another task's reqID (someone else's task,
+        # another label: the feed cannot show them), and tasks no answer has confirmed for
+        # SWEEP_EVERY rounds (if the sweep itself looked like a database error, give it one more
+        # round before reading them all one by one). A new task the feed does not show is
+        # confirmed by the next sweep, at most SWEEP_EVERY rounds later.
         overdue = SWEEP_EVERY if sweep_answered or not self.bulk else 2 * SWEEP_EVERY
         single = [t for t in watched if t not in fresh
-                  and (not self.bulk or t not in self.covered or t not in self.readings
+                  and (not self.bulk or t not in self.readings or (t in self.swept and t not in self.covered)
                        or self.rounds - self.confirmed.get(t, self.rounds) >= overdue)]
         if single:
             fresh.update(await self._single(single))
@@ -208,6 +216,7 @@ class SharedPoller:
         self.last_ok_start = now
         if sweep:
             self.last_sweep = self.rounds
+            self.swept.update(watched)
         # The server keys its answer by reqID: a task with a reqID of its own may be hidden behind
         # another one, so only tasks keyed by their own id count as covered by later answers.
         self.covered.update(t for t in found if tasks[t].get("reqID") in (None, t))
