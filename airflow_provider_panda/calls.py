@@ -74,6 +74,17 @@ def check_ids(values: Any, what: str = "job_ids") -> list[int]:
     return ids
 
 
+def job_id_chunks(values: Any, what: str = "job_ids") -> list[list[int]]:
+    """Any number of valid job ids, cut into chunks one call takes (the caller sends one call each)."""
+    if isinstance(values, (str, bytes, dict)) or not isinstance(values, Iterable):
+        raise PandaInputError(f"{what} must be a list of positive integers, got {type(values).__name__}")
+    ids = [check_id(v, f"each of {what}") for v in values]
+    if not ids:
+        raise PandaInputError(f"{what} must not be empty")
+    size = api.MAX_JOB_IDS_PER_CALL
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
 def check_task_params(params: Any) -> dict[str, Any]:
     """Task parameters: a JSON-serialisable dict with a non-empty string taskName."""
     if not isinstance(params, dict):
@@ -274,7 +285,7 @@ def find_tasks_by_name(task_name: str) -> Call:
     return Call(api.TASK_DETAILED_INFO_SINCE, payload, interpret)
 
 
-def get_tasks_modified_since(since: datetime | str) -> Call:
+def get_tasks_modified_since(since: datetime | str, min_task_id: int | None = None) -> Call:
     if isinstance(since, datetime):
         since = since.strftime(api.TIME_FORMAT)
     if not isinstance(since, str):
@@ -283,7 +294,10 @@ def get_tasks_modified_since(since: datetime | str) -> Call:
         datetime.strptime(since, api.TIME_FORMAT)
     except ValueError:
         raise PandaInputError(f"since must look like 'YYYY-mm-dd HH:MM:SS', got {since!r:.40}") from None
-    return Call(api.TASK_MODIFIED_SINCE, {"since": since}, _modified_since)
+    payload: dict[str, Any] = {"since": since}
+    if min_task_id is not None:  # only tasks with a larger jediTaskID
+        payload["min_task_id"] = 0 if min_task_id == 0 else check_id(min_task_id, "min_task_id")
+    return Call(api.TASK_MODIFIED_SINCE, payload, _modified_since)
 
 
 def get_job_status(job_ids: Iterable[int]) -> Call:

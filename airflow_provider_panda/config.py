@@ -123,7 +123,10 @@ class PandaConnectionConfig:
             refresh = refresh or from_file
         if not token:
             return None
-        return fresh_token(token, refresh, self.base_url, self.vo or "", self.verify, self.timeout)
+        from airflow_provider_panda.tls import requests_session
+
+        return fresh_token(token, refresh, self.base_url, self.vo or "", self.verify, self.timeout,
+                           session=lambda: requests_session(self))
 
     def _read_token_file(self) -> tuple[str, str | None]:
         try:
@@ -141,10 +144,11 @@ class PandaConnectionConfig:
         return token, refresh
 
     def check_proxy(self) -> str:
-        """The proxy path, after checking it can be read (its content is never logged)."""
+        """The proxy path, after checking it can be read and has not expired (its content is never logged)."""
+        from airflow_provider_panda.tls import check_proxy
+
         path = self.x509_proxy or ""
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise PandaConnectionConfigError(f"x509_proxy {path!r} is not a readable file")
+        check_proxy(path)
         return path
 
 
@@ -191,8 +195,11 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
     token_file = extra.get("token_file") or None
     refresh_token = extra.get("refresh_token") or None
     _mask(refresh_token)
-    x509_proxy = extra.get("x509_proxy") or None
+    # panda-client's defaults: X509_USER_PROXY, then /tmp/x509up_u<uid> when x509 is asked for
+    x509_proxy = extra.get("x509_proxy") or os.environ.get("X509_USER_PROXY") or None
     auth = extra.get("auth") or ("oidc" if token or token_file else "x509" if x509_proxy else "none")
+    if auth == "x509" and not x509_proxy:
+        x509_proxy = f"/tmp/x509up_u{os.getuid()}"
     verify: bool | str = True
     if "verify" in extra:
         verify = _as_bool(extra["verify"], "verify")

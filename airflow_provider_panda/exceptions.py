@@ -19,6 +19,11 @@ class PandaTransportError(PandaError):
     """The request did not get an HTTP answer: refused, reset, timed out, TLS failure."""
 
 
+class PandaCertificateError(PandaTransportError):
+    """A certificate was refused in the TLS handshake (ours or the server's), or our x509 proxy has
+    expired: no retry mends it, the message names the file to fix."""
+
+
 class PandaHTTPError(PandaError):
     """The server answered outside the JSON envelope (non-200)."""
 
@@ -38,6 +43,11 @@ class PandaServerError(PandaHTTPError):
 
 class PandaResponseError(PandaError):
     """The answer was not the JSON envelope the API promises."""
+
+
+class PandaNotEnvelopeError(PandaResponseError):
+    """A 200 answer that is not PanDA's envelope at all (a proxy's or SSO page, a cut body): retried
+    like a 5xx for calls that are safe to repeat."""
 
 
 class PandaCallFailed(PandaError):

@@ -16,9 +16,10 @@ from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig
 from airflow_provider_panda.exceptions import (
     PandaAuthError,
+    PandaCertificateError,
     PandaConnectionConfigError,
     PandaHTTPError,
-    PandaResponseError,
+    PandaNotEnvelopeError,
     PandaServerError,
     PandaTransportError,
 )
@@ -45,8 +46,7 @@ def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests",
             headers["Authorization"] = f"Bearer {token or cfg.read_token()}"
             headers["Origin"] = cfg.vo
         else:
-            proxy = cfg.check_proxy()
-            request["cert"] = (proxy, proxy)
+            cfg.check_proxy()  # readable and not expired; the SSL context presents it (see tls.py)
     if call.files:
         request["files"] = call.files
     elif endpoint.method == "GET":
@@ -76,17 +76,31 @@ def parse(status_code: int, content: bytes, cfg: PandaConnectionConfig | None = 
         raise PandaHTTPError(status_code, text or "no body")
     try:
         body = json.loads(content, object_hook=api.decode_special)
-    except ValueError:
+    except ValueError:  # a proxy's or SSO login page, a cut body
         snippet = redact(content[:120].decode("utf-8", "replace"), cfg)
-        raise PandaResponseError(f"the server's answer is not JSON: {snippet!r}") from None
+        raise PandaNotEnvelopeError(f"the server's answer is not JSON ({len(content)} bytes): {snippet!r}") from None
     if not isinstance(body, dict) or "success" not in body:
-        raise PandaResponseError(f"the server's answer is not the PanDA envelope: {str(body)[:120]!r}")
+        raise PandaNotEnvelopeError(f"the server's answer is not the PanDA envelope: {redact(str(body)[:120], cfg)!r}")
     return body
 
 
+def no_answer(exc: BaseException, cfg: PandaConnectionConfig) -> PandaTransportError:
+    """The typed error for a request that got no HTTP answer: a refused certificate (never retried,
+    naming the files to fix) or a transport fault (retried)."""
+    from airflow_provider_panda.tls import certificate_error
+
+    refused = certificate_error(exc, cfg)
+    if refused is not None:
+        return PandaCertificateError(redact(str(refused), cfg))
+    return PandaTransportError(redact(f"{type(exc).__name__}: {exc}", cfg))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Faults worth another try: no answer at all, 5xx and 429; never a 4xx or a handled call."""
-    return isinstance(exc, (PandaTransportError, PandaServerError))
+    """Faults worth another try: no answer at all, 5xx and 429, a 200 that is not PanDA's envelope;
+    never a 4xx, a refused certificate or a handled call."""
+    if isinstance(exc, PandaCertificateError):
+        return False
+    return isinstance(exc, (PandaTransportError, PandaServerError, PandaNotEnvelopeError))
 
 
 def backoff(attempt: int, cfg: PandaConnectionConfig) -> float:

@@ -1,6 +1,7 @@
 """The full soak: 1,000 submit-and-wait cycles through the hook and the trigger wait logic with 20%
 injected faults (5xx, 429, answers lost after the server acted, answers slower than the client's
-timeout), against a local server in its own process.
+timeout, HTML pages instead of the envelope, bodies cut in half after the server acted), against a
+local server in its own process.
 
     python bench/soak.py [--cycles 1000] [--rate 0.2]
 

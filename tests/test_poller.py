@@ -82,18 +82,132 @@ def test_two_users_and_a_foreign_task(hook, conn_env, panda_server):
 
 
 def test_a_status_that_changes_twice_within_an_interval(hook, panda_server):
+    """The passing 'failed' lives between two rounds: the event loop stays free (the changes run in a
+    thread), and the wait ends with the status the next round reads, never the passing one."""
     [task_id] = hanging(hook, panda_server, 1, "twice")
 
-    async def scenario():
-        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=1.0)))
-        await asyncio.sleep(1.2)  # the first round has been
+    def fail_then_retry():
         panda_server.sim.force(task_id, status="failed")
         hook.retry_task(task_id)  # failed, then back to work before the next round
         panda_server.sim.force(task_id, status="running", outcomes=["done"])
+
+    async def scenario():
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=1.0)))
+        poller = await until(lambda: next(iter(list_pollers()), None))
+        await until(lambda: poller.rounds >= 1 and task_id in poller.readings)
+        rounds = poller.rounds
+        await asyncio.to_thread(fail_then_retry)
+        assert poller.rounds == rounds  # both changes fell between two rounds
         return await asyncio.wait_for(wait, 10)
 
     event = asyncio.run(scenario())
     assert event["status"] == "success" and event["task_status"] == "done"  # never the passing "failed"
+
+
+async def until(predicate, timeout=10.0):
+    """Wait on the event loop (never blocking it) until predicate() is truthy; return its value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := predicate()):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+    return value
+
+
+def watch_until_event(task_id, change, interval=INTERVAL, **trigger_kwargs):
+    """Start a wait, let the poller settle, apply ``change`` (in a thread), and return the event and
+    the number of rounds the poller took to end the wait after the change."""
+
+    async def scenario():
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=interval, **trigger_kwargs)))
+        poller = await until(lambda: next((p for p in list_pollers() if task_id in p.watchers), None))
+        await until(lambda: poller.rounds >= 2 and task_id in poller.readings)
+        before = poller.rounds
+        await asyncio.to_thread(change)
+        event = await asyncio.wait_for(wait, 30)
+        return event, poller.rounds - before
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("backdate", [3600, 86400])
+def test_a_back_dated_status_ends_the_wait_within_k_rounds(hook, panda_server, backdate):
+    """JEDI writes some statuses with modificationTime an hour or a day in the past: the change
+    feed never shows them; the sweep must, within SWEEP_EVERY rounds."""
+    from airflow_provider_panda.triggers.poller import SWEEP_EVERY
+
+    [task_id] = hanging(hook, panda_server, 1, "backdate")
+    event, rounds = watch_until_event(
+        task_id, lambda: panda_server.sim.force(task_id, status="broken", backdate=backdate))
+    assert (event["status"], event["task_status"]) == ("failure", "broken")
+    assert rounds <= SWEEP_EVERY + 1
+
+
+def test_empty_feed_answers_do_not_lose_a_change(hook, panda_server, monkeypatch):
+    """The server answers {} on a database error: when such answers last longer than the window
+    margin (here 1 s, at 0.1 s rounds), the change falls out of every feed window; the sweep finds it
+    (and an empty sweep is not taken for a true one)."""
+    from datetime import timedelta
+
+    from airflow_provider_panda.triggers import poller
+
+    monkeypatch.setattr(poller, "WINDOW_MARGIN", timedelta(seconds=1))
+    [task_id] = hanging(hook, panda_server, 1, "emptyfeed")
+    faults = 30
+
+    def change():
+        panda_server.sim.force(task_id, status="done")
+        panda_server.panda.faults.extend(["empty"] * faults)  # 3 s of rounds answered {}
+
+    event, rounds = watch_until_event(task_id, change, interval=0.1)
+    assert event["task_status"] == "done" and not panda_server.panda.faults
+    assert rounds <= faults + poller.SWEEP_EVERY + 1
+
+
+def test_a_server_clock_far_behind_ours(hook, panda_server):
+    """The server's clock 20 minutes behind ours (beyond the window margin): its modificationTimes
+    fall before every feed window; the sweep still ends the wait."""
+    from airflow_provider_panda.triggers.poller import SWEEP_EVERY
+
+    [task_id] = hanging(hook, panda_server, 1, "skew")
+    panda_server.sim.clock.advance(-1200)
+    try:
+        event, rounds = watch_until_event(task_id, lambda: panda_server.sim.force(task_id, status="done"))
+    finally:
+        panda_server.sim.clock.advance(1200)
+    assert event["task_status"] == "done" and rounds <= SWEEP_EVERY + 1
+
+
+def test_the_window_margin_covers_two_intervals():
+    from datetime import timedelta
+
+    from airflow_provider_panda.triggers.poller import WINDOW_MARGIN
+
+    assert SharedPoller(("c", 600.0), None, 600.0, _Log()).margin() == timedelta(seconds=1200)
+    assert SharedPoller(("c", 1.0), None, 1.0, _Log()).margin() == WINDOW_MARGIN
+
+
+def test_the_safety_net_costs_one_sweep_every_k_rounds(hook, panda_server):
+    """Feed and sweep are the same call: one request per round in all, a sweep every SWEEP_EVERY
+    rounds, no per-task reads for tasks the answers list."""
+    from airflow_provider_panda.triggers.poller import SWEEP_EVERY
+
+    ids = hanging(hook, panda_server, 10, "netcost")
+
+    async def scenario():
+        waits = [asyncio.ensure_future(first_event(PandaTaskTrigger(t, poll_interval=0.1))) for t in ids]
+        poller = await until(lambda: next((p for p in list_pollers() if ids[0] in p.watchers), None))
+        await until(lambda: poller.rounds >= 2 and set(ids) <= set(poller.readings))
+        rounds0, sent0 = poller.rounds, dict(poller.sent)
+        await until(lambda: poller.rounds >= rounds0 + 3 * SWEEP_EVERY)
+        rounds, sent = poller.rounds - rounds0, {k: poller.sent[k] - sent0[k] for k in sent0}
+        for wait in waits:
+            wait.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        return rounds, sent
+
+    rounds, sent = asyncio.run(scenario())
+    assert sent["feed"] + sent["sweep"] in (rounds, rounds + 1) and sent["single"] == 0
+    assert abs(sent["sweep"] - rounds / SWEEP_EVERY) <= 1
 
 
 def test_failing_rounds_keep_every_wait_and_recover(hook, panda_server):

@@ -13,12 +13,37 @@ from airflow_provider_panda.hooks.panda import PandaHook
 
 
 @pytest.fixture
-def short_tokens(panda_server):
-    """Tokens that live 3 s (so every read refreshes): a wait of several lifetimes must still work."""
+def short_tokens(panda_server, monkeypatch):
+    """Tokens that live 4 s, refreshed when they have 1.5 s left: a wait of several lifetimes
+    outlives the first token and each refreshed one."""
+    from airflow_provider_panda import auth
+
+    monkeypatch.setattr(auth, "REFRESH_MARGIN", 1.5)
     lifetime = panda_server.issuer.lifetime
-    panda_server.issuer.lifetime = 3.0
+    panda_server.issuer.lifetime = 4.0
     yield panda_server
     panda_server.issuer.lifetime = lifetime
+
+
+@pytest.fixture
+def idp(panda_server):
+    """Set the local IdP's mode ("ok", "503", "down"); back to "ok" afterwards."""
+
+    def mode(value: str) -> None:
+        panda_server.panda.idp = value
+
+    yield mode
+    panda_server.panda.idp = "ok"
+    panda_server.issuer.rotate = False
+
+
+def refresh_conn(server, monkeypatch, conn_id: str, lifetime: float, **extra) -> str:
+    """A connection whose id token lives ``lifetime`` s, with a refresh token of the local IdP."""
+    conn = server.connection(retry_wait=0.01, **extra)
+    conn["password"] = server.token("user", lifetime=lifetime)
+    conn["extra"]["refresh_token"] = server.refresh_token("user")
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    return conn_id
 
 
 def test_expiring_token_is_refreshed_before_the_call(panda_server, monkeypatch):
@@ -56,8 +81,10 @@ def test_token_file_with_the_idp_response_is_refreshed(panda_server, monkeypatch
                                       "refresh_token": panda_server.refresh_token("user")}))
     monkeypatch.setenv("AIRFLOW_CONN_PANDA_F", json.dumps(
         {"conn_type": "panda", "host": panda_server.url, "extra": {"vo": "atlas", "token_file": str(token_file)}}))
+    before = panda_server.panda.requests["oidc/token"]
     assert PandaHook("panda_f").get_user_name_from_token()[0] == "Alice Analyst"
     assert PandaHook("panda_f").get_job_ids(1) == []
+    assert panda_server.panda.requests["oidc/token"] == before + 1  # the 10 s token was refreshed, once
 
 
 @pytest.mark.parametrize("deferrable", [False, True])
@@ -73,7 +100,133 @@ def test_a_wait_longer_than_a_token_lifetime_succeeds(short_tokens, monkeypatch,
         task = next(t for t in server.sim.tasks.values() if t.name == params["taskName"])
         server.sim.force(task.task_id, status="running", outcomes=["done"])
 
-    threading.Timer(8.0, finish_later).start()  # the wait lasts more than two token lifetimes
+    before = server.panda.requests["oidc/token"]
+    threading.Timer(9.0, finish_later).start()  # the wait lasts more than two token lifetimes
     run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, poll_interval=0.5, "
                   f"deferrable={deferrable})", params=repr(params))
     assert run.states == {"submit": "success"}
+    assert server.panda.requests["oidc/token"] - before >= 2  # the first token and a refreshed one expired
+
+
+def test_an_idp_outage_keeps_a_valid_token(panda_server, monkeypatch, idp):
+    """The IdP down or failing while the token in hand is valid: calls go on with it, and the IdP is
+    not asked again on every call."""
+    hook = PandaHook(refresh_conn(panda_server, monkeypatch, "panda_idp", lifetime=120))  # within the margin
+    for mode in ("503", "down"):
+        idp(mode)
+        before = panda_server.panda.requests["oidc/token"]
+        assert hook.get_job_ids(1) == [] and hook.get_job_ids(2) == []
+        assert panda_server.panda.requests["oidc/token"] - before <= 1  # tried once, then waits RETRY_AFTER
+        from airflow_provider_panda import auth
+
+        auth._GRANTS.clear()  # forget the back-off so the next mode is tried too
+
+
+@pytest.mark.parametrize("mode", ["503", "down"])
+def test_an_idp_outage_with_an_expired_token_is_transient(panda_server, monkeypatch, idp, mode):
+    from airflow_provider_panda.exceptions import PandaServerError, PandaTransportError
+    from airflow_provider_panda.transport import is_transient
+
+    hook = PandaHook(refresh_conn(panda_server, monkeypatch, f"panda_idp_{mode}", lifetime=-5, max_retries=2))
+    idp(mode)
+    before = panda_server.panda.requests["oidc/token"]
+    with pytest.raises((PandaServerError, PandaTransportError)) as info:
+        hook.get_job_ids(1)
+    assert is_transient(info.value)
+    if mode == "503":
+        assert panda_server.panda.requests["oidc/token"] - before == 3  # retried like any transient fault
+    idp("ok")
+    assert hook.get_job_ids(1) == []  # the IdP is back: refreshed, and the call goes through
+
+
+def test_a_deferred_wait_outlives_an_idp_outage(short_tokens, monkeypatch, idp):
+    """Waits in the triggerer keep going while the IdP fails and the token is still valid."""
+    import asyncio
+
+    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+
+    server = short_tokens
+    hook = PandaHook(refresh_conn(server, monkeypatch, "panda_default", lifetime=4))
+    task_id = hook.submit_task(params_with_outcomes(server, ["hang"], "idpwait"))
+
+    async def scenario():
+        waiting = asyncio.ensure_future(_first(PandaTaskTrigger(task_id, poll_interval=0.2)))
+        idp("503")
+        before = server.panda.requests["oidc/token"]
+        await _until(lambda: server.panda.requests["oidc/token"] > before)  # a refresh was tried and failed
+        rounds = server.panda.requests["task/get_tasks_modified_since"]
+        await _until(lambda: server.panda.requests["task/get_tasks_modified_since"] >= rounds + 3)
+        assert not waiting.done()  # three more rounds, and every wait still waits
+        idp("ok")
+        await asyncio.to_thread(server.sim.force, task_id, "running", ["done"])
+        return await asyncio.wait_for(waiting, 20)
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "success", event
+
+
+def test_a_rotated_refresh_token_is_kept(panda_server, monkeypatch, idp):
+    """An IdP that rotates refresh tokens retires each one it uses: the next refresh must use the new one."""
+    from airflow_provider_panda import auth
+
+    monkeypatch.setattr(auth, "REFRESH_MARGIN", 60.0)
+    monkeypatch.setattr(panda_server.issuer, "lifetime", 10.0)  # so every token, refreshed ones too, is refreshed
+    panda_server.issuer.rotate = True
+    hook = PandaHook(refresh_conn(panda_server, monkeypatch, "panda_rot", lifetime=10))
+    before = panda_server.panda.requests["oidc/token"]
+    for task_id in (1, 2, 3):
+        assert hook.get_job_ids(task_id) == []
+    assert panda_server.panda.requests["oidc/token"] - before == 3  # three refreshes, each with the newest token
+
+
+def test_a_token_changed_in_the_connection_reaches_running_waits(panda_server, monkeypatch):
+    """A long-lived poller re-reads its connection: a token renewed there replaces one that expires."""
+    import asyncio
+    import time
+
+    from airflow_provider_panda.hooks import panda as hook_module
+    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+
+    monkeypatch.setattr(hook_module, "RELOAD_EVERY", 0.3)
+    conn = panda_server.connection(retry_wait=0.01, max_retries=0)
+    hook = PandaHook(_install(monkeypatch, "panda_default", conn))
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "renewed"))
+    conn["password"] = panda_server.token("user", lifetime=2)  # expires during the wait, no refresh token
+    expiry = time.time() + 2
+    _install(monkeypatch, "panda_default", conn)
+
+    async def scenario():
+        waiting = asyncio.ensure_future(_first(PandaTaskTrigger(task_id, poll_interval=0.2)))
+        rounds = panda_server.panda.requests["task/get_tasks_modified_since"]
+        await _until(lambda: panda_server.panda.requests["task/get_tasks_modified_since"] >= rounds + 2)
+        conn["password"] = panda_server.token("user", lifetime=600)  # renewed in the connection
+        _install(monkeypatch, "panda_default", conn)
+        await _until(lambda: time.time() > expiry + 0.5)  # the first token has expired
+        rounds = panda_server.panda.requests["task/get_tasks_modified_since"]
+        await _until(lambda: panda_server.panda.requests["task/get_tasks_modified_since"] >= rounds + 3)
+        assert not waiting.done()
+        await asyncio.to_thread(panda_server.sim.force, task_id, "running", ["done"])
+        return await asyncio.wait_for(waiting, 20)
+
+    event = asyncio.run(scenario())
+    assert event["status"] == "success", event
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def _install(monkeypatch, conn_id: str, conn: dict) -> str:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    return conn_id
+
+
+async def _first(trigger):
+    async for event in trigger.run():
+        return event.payload

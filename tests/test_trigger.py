@@ -12,8 +12,11 @@ from airflow_provider_panda.triggers.task import PandaTaskTrigger
 
 
 @pytest.fixture(autouse=True)
-def _conn(conn_env):
+def _conn(conn_env, panda_server):
     conn_env()
+    yield
+    panda_server.panda.faults.clear()  # a failing test must not leave faults to the next one
+    panda_server.panda.fault_rate = 0.0
 
 
 async def first_event(trigger: PandaTaskTrigger):
@@ -69,9 +72,10 @@ def test_stale_status_does_not_end_the_wait(hook, panda_server):
         panda_server.sim.force(task_id, status="failed")
 
         async def scenario():
+            reads = status_reads(panda_server)
             waiting = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=0.02,
                                                                          stale_status="failed")))
-            await asyncio.sleep(0.3)
+            await until(lambda: status_reads(panda_server) >= reads + 5)  # "failed" read five times
             assert not waiting.done()  # still "failed": the stale status is not the retry's outcome
             panda_server.sim.force(task_id, status="running")
             panda_server.sim.clock.freeze(False)
@@ -83,12 +87,64 @@ def test_stale_status_does_not_end_the_wait(hook, panda_server):
     assert event["status"] == "success"
 
 
-def test_transient_failures_keep_the_trigger_waiting(hook, panda_server, conn_env):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_transient_failures_keep_the_trigger_waiting(hook, panda_server, conn_env, shared):
+    """No retries in the client (max_retries 0): with its own reads, the trigger's own branch must
+    absorb 5xx answers, HTML pages and cut bodies."""
     conn_env(max_retries=0)
     task_id = hook.submit_task(task_params("trigflaky"))
-    panda_server.panda.faults.extend(["503", "500", "502"])
-    event = run(PandaTaskTrigger(task_id, poll_interval=0.02))
+    panda_server.panda.faults.extend(["503", "html", "500", "cut", "502", "body:<html>login</html>"])
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02, shared_poller=shared))
     assert event["status"] == "success" and not panda_server.panda.faults
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_the_wait_survives_a_ten_minute_outage(hook, panda_server, conn_env, monkeypatch, shared):
+    """Every request fails (5xx, proxy pages, cut bodies) while the wait's clock moves on by 11 minutes
+    (past the not-found grace): the wait goes on and ends when the server is back."""
+    import types
+
+    from airflow_provider_panda import waiting
+
+    conn_env(max_retries=1)
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "outage"))
+    wait_status(hook, task_id, {"running"})
+
+    async def scenario():
+        trigger = PandaTaskTrigger(task_id, poll_interval=0.05, shared_poller=shared)
+        event = asyncio.ensure_future(first_event(trigger))
+        await until(lambda: status_reads(panda_server) >= 1)
+        panda_server.panda.fault_kinds = ["503", "502", "500", "html", "cut"]
+        panda_server.panda.fault_rate = 1.0
+        later = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 660, time=time.time)
+        monkeypatch.setattr(waiting, "time", later)
+        try:
+            failed = api_requests(panda_server)
+            await until(lambda: api_requests(panda_server) >= failed + 60)  # sixty failed requests
+            assert not event.done()
+        finally:
+            panda_server.panda.fault_rate = 0.0
+        await asyncio.to_thread(panda_server.sim.force, task_id, "running", ["done"])
+        return await asyncio.wait_for(event, 20)
+
+    payload = asyncio.run(scenario())
+    assert (payload["status"], payload["task_status"]) == ("success", "done")
+
+
+def status_reads(server) -> int:
+    return server.panda.requests["task/get_status"] + server.panda.requests["task/get_tasks_modified_since"]
+
+
+def api_requests(server) -> int:
+    return sum(n for call, n in server.panda.requests.items() if "/" in call and not call.startswith("oidc"))
+
+
+async def until(predicate, timeout: float = 20.0) -> None:
+    """Wait on the event loop until predicate() is true (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_auth_failure_is_an_error_event(hook, panda_server, monkeypatch):

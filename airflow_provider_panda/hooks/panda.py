@@ -8,9 +8,9 @@ retried with backoff and jitter; a submission only when a repeat is answered as 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,7 +28,6 @@ from airflow_provider_panda.exceptions import (
     PandaError,
     PandaInputError,
     PandaSubmissionUnknownError,
-    PandaTransportError,
 )
 
 #: Keys the server sets or changes in the parameters it stores (insertTaskParamsPanda).
@@ -96,9 +95,9 @@ class PandaHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        import requests
+        from airflow_provider_panda.tls import requests_session
 
-        return requests.Session()
+        return requests_session(self.config)
 
     def _send(self, call: Call) -> dict[str, Any]:
         """One request, no retry: the envelope, or a typed error."""
@@ -108,10 +107,10 @@ class PandaHook(BaseHook):
         request = transport.prepare(call, cfg)
         body = request.pop("content", None)
         try:
-            # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify
-            response = self.session.request(data=body, timeout=cfg.timeout, verify=cfg.verify, **request)
+            # TLS (trust store, x509 proxy) comes from the session's SSL context, as for httpx (tls.py)
+            response = self.session.request(data=body, timeout=cfg.timeout, **request)
         except requests.RequestException as exc:
-            raise PandaTransportError(transport.redact(f"{type(exc).__name__}: {exc}", cfg)) from None
+            raise transport.no_answer(exc, cfg) from None
         return transport.parse(response.status_code, response.content, cfg)
 
     def run(self, call: Call) -> Any:
@@ -259,17 +258,22 @@ class PandaHook(BaseHook):
         """Reactivate a finished or done task (reactivateTask); production role."""
         return self.run(calls.reactivate_task(task_id))
 
+    def _split(self, make: Any, job_ids: Iterable[int]) -> list[Any]:
+        """A job-id call over any number of ids: one call per server-sized chunk, answers in order."""
+        return [item for chunk in calls.job_id_chunks(job_ids) for item in self.run(make(chunk))]
+
     def get_job_status(self, job_ids: Iterable[int]) -> list[dict[str, Any] | None]:
-        """Descriptions of active jobs (getJobStatus); ``None`` for an unknown or archived id."""
-        return self.run(calls.get_job_status(job_ids))
+        """Descriptions of active jobs (getJobStatus); ``None`` for an unknown or archived id.
+        More ids than one call takes are sent in several calls."""
+        return self._split(calls.get_job_status, job_ids)
 
     def get_full_job_status(self, job_ids: Iterable[int]) -> list[dict[str, Any] | None]:
-        """Descriptions of jobs, archived ones included (getFullJobStatus)."""
-        return self.run(calls.get_full_job_status(job_ids))
+        """Descriptions of jobs, archived ones included (getFullJobStatus), in as many calls as needed."""
+        return self._split(calls.get_full_job_status, job_ids)
 
     def kill_jobs(self, job_ids: Iterable[int]) -> list[bool]:
-        """Kill jobs (killJobs): one boolean per id."""
-        return self.run(calls.kill_jobs(job_ids))
+        """Kill jobs (killJobs): one boolean per id, in as many calls as needed."""
+        return self._split(calls.kill_jobs, job_ids)
 
     def get_user_job_metadata(self, task_id: int) -> dict[str, Any]:
         """Metadata of the task's finished jobs, keyed by PandaID (getUserJobMetadata)."""
@@ -359,52 +363,57 @@ class PandaHook(BaseHook):
         return True, f"Connected to {self.config.base_url} and the credentials were accepted"
 
 
-@functools.lru_cache(maxsize=16)
-def _ssl_context(ca_path: str | None, proxy: str | None) -> Any:
-    """Building an SSL context reads the CA store (tens of ms): do it once per process and settings,
-    not once per trigger on the triggerer's event loop."""
-    import ssl
-
-    if ca_path is None:
-        ctx = ssl.create_default_context()
-    elif os.path.isdir(ca_path):
-        ctx = ssl.create_default_context(capath=ca_path)
-    else:
-        ctx = ssl.create_default_context(cafile=ca_path)
-    if proxy:
-        ctx.load_cert_chain(proxy, proxy)
-    return ctx
+#: Answers larger than this are parsed in a thread, not on the triggerer's event loop.
+BIG_BODY = 256 * 1024
+#: A long-lived client re-reads its Airflow connection this often (a token or proxy path changed there).
+RELOAD_EVERY = 300.0
 
 
 class AsyncPandaClient:
     """The async twin of :class:`PandaHook` for triggers: same calls, same retries, httpx."""
 
-    def __init__(self, config: PandaConnectionConfig, log: Any) -> None:
+    def __init__(self, config: PandaConnectionConfig, log: Any, conn_id: str | None = None) -> None:
         self.config = config
         self.log = log
+        self.conn_id = conn_id
         self._client: httpx.AsyncClient | None = None
+        self._client_ssl: Any = None
+        self._loaded = time.monotonic()
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
         conn = await BaseHook.aget_connection(conn_id)
-        return cls(config_from_connection(conn), log)
+        return cls(config_from_connection(conn), log, conn_id)
 
-    def _ssl(self) -> Any:
-        """TLS settings for httpx: none for plain http, else one cached SSL context per settings."""
-        cfg = self.config
-        if not cfg.base_url.startswith("https://") and not (cfg.cache_url or "").startswith("https://"):
+    async def reload(self, force: bool = False) -> bool:
+        """Re-read the Airflow connection (every RELOAD_EVERY s, or now if forced); True if it changed."""
+        if self.conn_id is None or (not force and time.monotonic() - self._loaded < RELOAD_EVERY):
             return False
-        if cfg.verify is False:
+        self._loaded = time.monotonic()
+        try:
+            config = config_from_connection(await BaseHook.aget_connection(self.conn_id))
+        except Exception as exc:  # keep the settings in use; the next reload tries again
+            self.log.warning("Re-reading connection %s failed (%s); keeping its settings", self.conn_id, exc)
             return False
-        return _ssl_context(cfg.verify if isinstance(cfg.verify, str) else None,
-                            cfg.check_proxy() if cfg.auth == "x509" else None)
+        if config == self.config:
+            return False
+        self.log.info("Connection %s changed: new settings used from the next request", self.conn_id)
+        self.config = config
+        await self.aclose()  # timeouts and TLS settings too
+        return True
 
-    @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            import httpx
+    async def _http(self) -> httpx.AsyncClient:
+        """The httpx client, rebuilt when the SSL context changes (a replaced proxy file, new settings)."""
+        import httpx
 
-            self._client = httpx.AsyncClient(verify=self._ssl(), timeout=self.config.timeout)
+        from airflow_provider_panda.tls import ssl_context
+
+        ssl = ssl_context(self.config, "httpx")
+        if self._client is None or ssl is not self._client_ssl:
+            if self._client is not None:
+                await self._client.aclose()
+            self._client = httpx.AsyncClient(verify=ssl if ssl is not None else False, timeout=self.config.timeout)
+            self._client_ssl = ssl
         return self._client
 
     async def aclose(self) -> None:
@@ -415,17 +424,20 @@ class AsyncPandaClient:
     async def _send(self, call: Call) -> dict[str, Any]:
         import httpx
 
+        await self.reload()
         cfg = self.config
         token = None
         if call.endpoint.secure and cfg.auth == "oidc" and cfg.may_block:  # file read or refresh: not on the loop
             token = await asyncio.to_thread(cfg.read_token)
         request = transport.prepare(call, cfg, client="httpx", token=token)
-        request.pop("cert", None)  # carried by the SSL context
+        client = await self._http()
         try:
-            response = await self.client.request(**request)
+            response = await client.request(**request)
         except httpx.HTTPError as exc:
-            raise PandaTransportError(transport.redact(f"{type(exc).__name__}: {exc}", self.config)) from None
-        return transport.parse(response.status_code, response.content, self.config)
+            raise transport.no_answer(exc, cfg) from None
+        if len(response.content) > BIG_BODY:  # tens of MB of job descriptions: not on the event loop
+            return await asyncio.to_thread(transport.parse, response.status_code, response.content, cfg)
+        return transport.parse(response.status_code, response.content, cfg)
 
     async def run(self, call: Call) -> Any:
         import tenacity
@@ -445,8 +457,9 @@ class AsyncPandaClient:
     async def kill_task(self, task_id: int) -> str:
         return await self.run(calls.kill_task(task_id))
 
-    async def get_tasks_modified_since(self, since: datetime | str) -> dict[int, dict[str, Any]]:
-        return await self.run(calls.get_tasks_modified_since(since))
+    async def get_tasks_modified_since(self, since: datetime | str,
+                                       min_task_id: int | None = None) -> dict[int, dict[str, Any]]:
+        return await self.run(calls.get_tasks_modified_since(since, min_task_id))
 
     async def get_task_info(self, task_id: int) -> dict[str, Any]:
         return await self.run(calls.get_task_info(task_id))
@@ -455,7 +468,8 @@ class AsyncPandaClient:
         return await self.run(calls.get_job_ids(task_id))
 
     async def get_full_job_status(self, job_ids: Iterable[int]) -> list[dict[str, Any] | None]:
-        return await self.run(calls.get_full_job_status(job_ids))
+        return [job for chunk in calls.job_id_chunks(job_ids)
+                for job in await self.run(calls.get_full_job_status(chunk))]
 
     async def get_task_jobs(self, task_id: int, limit: int = JOB_SAMPLE) -> list[dict[str, Any] | None]:
         job_ids = (await self.get_job_ids(task_id))[-limit:]

@@ -35,6 +35,9 @@ from airflow_provider_panda import api
 from airflow_provider_panda.testing.sim import PandaSim, User
 
 DEFAULT_VO = "atlas"
+#: What a single-sign-on proxy in front of a server answers instead of the API (HTTP 200).
+SSO_PAGE = ("<!DOCTYPE html><html><head><title>Sign in</title></head><body><form method='post' "
+            "action='/auth/login'><input name='username'><input type='password' name='password'></form></body></html>")
 #: How attempts end for task names carrying a tag (the example DAGs use them); others end done.
 DEMO_RULES: list[tuple[str, list[str]]] = [
     (r"\.flaky\.", ["failed", "done"]),
@@ -63,6 +66,7 @@ class TokenIssuer:
         self.issuer = issuer
         self.lifetime = lifetime
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user key
+        self.rotate = False  # hand out a new refresh token with each refresh (and retire the old one)
 
     def mint(self, user_key: str, user: User, lifetime: float | None = None) -> str:
         import jwt
@@ -134,7 +138,7 @@ class Handlers:
 
     def get_job_ids(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
-        return api.envelope(True, data=list(task.job_ids) if task else [])
+        return api.envelope(True, data=task.all_job_ids if task else [])
 
     def _command(self, caller: Caller, task_id: int, command: str, **kwargs: Any) -> dict:
         code, message = self.sim.command(task_id, command, caller.user, caller.prod, **kwargs)
@@ -334,11 +338,23 @@ class LocalPandaApp:
         self.users: dict[str, User] = dict(DEFAULT_USERS)
         self.requests: Counter[str] = Counter()
         self.clients: Counter[str] = Counter()  # API requests per User-Agent
+        #: API requests and answer bytes per call and set of parameter names ("module/method?a&b").
+        self.variants: Counter[str] = Counter()
+        self.bytes_out: Counter[str] = Counter()
+        #: The identity provider: "ok", "503" (its token endpoint fails) or "down" (unreachable).
+        self.idp = "ok"
+        #: peer address -> DER client certificate presented in the TLS handshake (``client_ca`` servers).
+        self.peer_certs: dict[Any, bytes] = {}
+        #: Subject common names of the client certificates API requests came with, in order.
+        self.client_cert_names: list[str] = []
         #: Faults for the next API requests, one each: "500" (answer 500 without acting),
         #: "after:503" (act, then answer 503), "slow:2.5" (act, then answer after 2.5 s),
         #: "body:TEXT" (act, then answer 200 with TEXT instead of the envelope), "echo:403" (answer
-        #: 403 quoting the request's Authorization header, as a careless proxy might). A fault
-        #: ending "@<endpoint>" (``"after:503@task/submit"``) waits for a request to that endpoint.
+        #: 403 quoting the request's Authorization header, as a careless proxy might), "html" (answer
+        #: 200 with an SSO login page without acting, as a proxy in front of the server may), "cut"
+        #: (act, then send only the first half of the answer), "empty" (answer success with ``{}``
+        #: without acting: getJediTasksInTimeRange on a database error)
+        #: A fault ending "@<endpoint>" (``"after:503@task/submit"``) waits for a request to that endpoint.
         self.faults: deque[str] = deque()
         #: Random faults: each API request draws one of ``fault_kinds`` with this probability.
         self.fault_rate = 0.0
@@ -386,7 +402,9 @@ class LocalPandaApp:
         """The caller from the bearer token and Origin, or the 403 text for a refused token."""
         header = request.headers.get("authorization")
         if not header:
-            return Caller(None)
+            name = self._client_cert_name(request)
+            user = next((u for u in self.users.values() if u.name == name), None) if name else None
+            return Caller(user)  # a grid certificate, as the real server maps a DN
         parts = header.split()
         token = parts[1] if len(parts) == 2 else ""
         try:
@@ -408,6 +426,21 @@ class LocalPandaApp:
         if vo not in groups:
             return f"{api.MESSAGE_TOKEN_FAILED} Not a member of the {vo} group"
         return Caller(user)
+
+    def _client_cert_name(self, request: Request) -> str | None:
+        der = self.peer_certs.get(tuple(request.scope.get("client") or ()))
+        if not der:
+            return None
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
+
+    def _note_client_cert(self, request: Request) -> None:
+        name = self._client_cert_name(request)
+        if name:
+            self.client_cert_names.append(name)
 
     async def _params(self, request: Request, json_body: bool) -> dict[str, Any] | None:
         if request.method == "GET":
@@ -443,11 +476,23 @@ class LocalPandaApp:
         if handler is None:
             return Response(f"ERROR : method {method} is forbidden", 403, media_type="text/plain")
         fault = self._next_fault(endpoint.name)
+        response = await self._dispatch(request, endpoint, handler, fault)
+        variant = f"{module}/{method}?" + "&".join(sorted(request.query_params.keys()))
+        self.variants[variant] += 1
+        self.bytes_out[variant] += len(response.body)
+        return response
+
+    async def _dispatch(self, request: Request, endpoint: api.Endpoint, handler: Any, fault: str) -> Response:
         if fault.isdigit():
             return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
+        if fault == "html":  # a proxy or SSO page in front of the server, answering 200
+            return Response(SSO_PAGE, 200, media_type="text/html")
+        if fault == "empty":  # getJediTasksInTimeRange on a database error
+            return Response(json.dumps(api.envelope(True, data={})), 200, media_type="text/plain")
         if fault.startswith("echo:"):  # a careless server or proxy quoting the request's credentials
             text = f"ERROR : rejected {request.headers.get('authorization')} from {request.headers.get('origin')}"
             return Response(text, int(fault[5:]), media_type="text/plain")
+        self._note_client_cert(request)
         caller = self._caller(request)
         if isinstance(caller, str):
             return Response(f"ERROR : {caller}", 403, media_type="text/plain")
@@ -470,9 +515,10 @@ class LocalPandaApp:
             await asyncio.sleep(float(fault[5:]))
         if fault.startswith("body:"):
             return Response(fault[5:], 200, media_type="text/plain")
-        if json_app:
-            return Response(json.dumps(result, default=api.encode_special), 200, media_type="text/plain")
-        return Response(str(result), 200, media_type="text/plain")
+        text = json.dumps(result, default=api.encode_special) if json_app else str(result)
+        if fault == "cut":  # the connection dropped mid-answer by something on the way
+            text = text[: len(text) // 2]
+        return Response(text, 200, media_type="text/plain")
 
     def _validated(self, endpoint: api.Endpoint, handler: Any, caller: Caller, http_method: str,
                    params: dict[str, Any]) -> dict[str, Any]:
@@ -500,21 +546,30 @@ class LocalPandaApp:
         })
 
     async def oidc_discovery(self, request: Request) -> Response:
-        return JSONResponse({"issuer": self.issuer.issuer, "token_endpoint": f"{self.base_url}/oidc/token",
+        # "down": the token endpoint is on a port nobody listens on (connection refused)
+        token_url = "http://127.0.0.1:9/oidc/token" if self.idp == "down" else f"{self.base_url}/oidc/token"
+        return JSONResponse({"issuer": self.issuer.issuer, "token_endpoint": token_url,
                              "device_authorization_endpoint": f"{self.base_url}/oidc/device"})
 
     async def oidc_token(self, request: Request) -> Response:
         """The IdP's token endpoint, for the refresh grant only (as panda-client uses it)."""
         form = await request.form()
         self.requests["oidc/token"] += 1
+        if self.idp != "ok":
+            return JSONResponse({"error": "temporarily_unavailable"}, 503)
         if form.get("grant_type") != "refresh_token" or not str(form.get("client_id", "")).startswith("panda-"):
             return JSONResponse({"error": "unsupported_grant_type"}, 400)
         key = self.issuer.refresh_tokens.get(str(form.get("refresh_token", "")))
         if key is None:
             return JSONResponse({"error": "invalid_grant"}, 400)
         token = self.issuer.mint(key, self.users[key])
+        refresh = str(form["refresh_token"])
+        if self.issuer.rotate:  # the IdP rotates refresh tokens: the one used stops working
+            del self.issuer.refresh_tokens[refresh]
+            refresh = secrets.token_urlsafe(24)
+            self.issuer.refresh_tokens[refresh] = key
         return JSONResponse({"id_token": token, "access_token": token, "token_type": "Bearer",
-                             "refresh_token": form["refresh_token"], "expires_in": int(self.issuer.lifetime)})
+                             "refresh_token": refresh, "expires_in": int(self.issuer.lifetime)})
 
     async def cache_file(self, request: Request) -> Response:
         content = self.handlers.cache.get(request.path_params["path"])
@@ -582,7 +637,8 @@ class LocalPandaApp:
             return JSONResponse({"ok": True})
         if action == "bulk":
             user = self.users[body.get("user", "user")]
-            ids = self.sim.bulk_running(int(body.get("n", 1)), user, body.get("outcomes", ["hang"]))
+            ids = self.sim.bulk_running(int(body.get("n", 1)), user, body.get("outcomes", ["hang"]),
+                                        int(body.get("jobs", 1)), float(body.get("age", 0)))
             return JSONResponse({"ids": ids})
         if action == "faults":
             self.faults.extend(str(f) for f in body.get("faults", []))
@@ -592,7 +648,13 @@ class LocalPandaApp:
                 self._rng.seed(body.get("seed", 0))
             return JSONResponse({"pending": len(self.faults), "rate": self.fault_rate})
         if action == "requests":
-            return JSONResponse({"by_call": dict(self.requests), "by_client": dict(self.clients)})
+            return JSONResponse({"by_call": dict(self.requests), "by_client": dict(self.clients),
+                                 "by_variant": dict(self.variants), "bytes_by_variant": dict(self.bytes_out)})
+        if action == "idp":
+            if body.get("mode") not in ("ok", "503", "down"):
+                return JSONResponse({"error": "mode is ok, 503 or down"}, 400)
+            self.idp = body["mode"]
+            return JSONResponse({"mode": self.idp})
         if action == "recoveries":
             return JSONResponse(self.sim.recovery_requests)
         return JSONResponse({"error": f"unknown control action {action}"}, 404)
@@ -604,7 +666,7 @@ class LocalPandaApp:
         if request.method == "POST":
             body = await request.json()
             try:
-                self.sim.force(task_id, body.get("status"), body.get("outcomes"))
+                self.sim.force(task_id, body.get("status"), body.get("outcomes"), body.get("backdate"))
             except ValueError as exc:
                 return JSONResponse({"error": str(exc)}, 400)
         with self.sim.lock:
@@ -615,7 +677,7 @@ class LocalPandaApp:
 def _task_view(task: Any) -> dict[str, Any]:
     return {"jediTaskID": task.task_id, "taskName": task.name, "status": task.status, "attempt": task.attempt,
             "owner": task.owner, "outcomes": task.outcomes, "jobs": list(task.job_ids),
-            "recoveries": task.recoveries}
+            "block_jobs": len(task.block), "recoveries": task.recoveries}
 
 
 # --- running it -------------------------------------------------------------------------------
@@ -629,7 +691,7 @@ class LocalPandaServer:
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", step: float = 0.5,
                  rules: list[tuple[str, list[str]]] | None = None, token_lifetime: float = 3600.0,
-                 tls: bool = False) -> None:
+                 tls: bool = False, client_certs: bool = False) -> None:
         self.host = host
         self.sim = PandaSim(step=step, rules=DEMO_RULES if rules is None else rules)
         self.issuer = TokenIssuer("local-panda", token_lifetime)
@@ -638,8 +700,11 @@ class LocalPandaServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port = self._sock.getsockname()[1]
-        self.tls = _self_signed_certificate(host) if tls else None
-        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        self.tls = _self_signed_certificate(host) if tls or client_certs else None
+        #: With client_certs the server asks for a client certificate in the handshake (as the real
+        #: server does for grid proxies) and maps its subject CN to a user; :meth:`x509_proxy` makes one.
+        self.client_ca = _self_signed_certificate("local-panda-client-ca") if client_certs else None
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{self.port}"
         self.panda.base_url = self.url
         self.issuer.issuer = self.url
         self._server: Any = None
@@ -654,6 +719,13 @@ class LocalPandaServer:
         self.issuer.refresh_tokens[token] = user
         return token
 
+    def x509_proxy(self, path: str, user: str = "user", lifetime: float = 3600.0) -> str:
+        """Write a grid-proxy-like file (certificate and key, PEM) for ``user``, signed by the
+        client CA this server trusts (``client_certs=True``); returns the path."""
+        if not self.client_ca:
+            raise RuntimeError("start the server with client_certs=True to use x509 proxies")
+        return _client_certificate(path, self.panda.users[user].name, self.client_ca, lifetime)
+
     def connection(self, user: str = "user", **extra: Any) -> dict[str, Any]:
         """Airflow's JSON form of a connection to this server as ``user`` (prod gets the role)."""
         origin = f"{DEFAULT_VO}:{PROD_ROLE}" if user == "prod" else DEFAULT_VO
@@ -667,7 +739,12 @@ class LocalPandaServer:
     def start(self) -> LocalPandaServer:
         import uvicorn
 
-        tls = {"ssl_certfile": self.tls[0], "ssl_keyfile": self.tls[1]} if self.tls else {}
+        tls: dict[str, Any] = {"ssl_certfile": self.tls[0], "ssl_keyfile": self.tls[1]} if self.tls else {}
+        if self.client_ca:
+            import ssl
+
+            tls.update(ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=self.client_ca[0],
+                       http=_recording_protocol(self.panda.peer_certs))
         config = uvicorn.Config(self.panda.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_keep_alive=30, **tls)
         self._server = uvicorn.Server(config)
@@ -694,6 +771,51 @@ class LocalPandaServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _recording_protocol(peer_certs: dict[Any, bytes]) -> type:
+    """uvicorn's HTTP protocol, recording each TLS connection's client certificate by peer address."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Recording(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            peer = tuple(transport.get_extra_info("peername") or ())[:2]
+            if der:
+                peer_certs[peer] = der
+            else:
+                peer_certs.pop(peer, None)
+
+    return Recording
+
+
+def _client_certificate(path: str, common_name: str, ca: tuple[str, str], lifetime: float) -> str:
+    """A client certificate for ``common_name`` signed by ``ca``, written with its key to ``path``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    with open(ca[0], "rb") as handle:
+        ca_cert = x509.load_pem_x509_certificate(handle.read())
+    with open(ca[1], "rb") as handle:
+        ca_key = serialization.load_pem_private_key(handle.read(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    start = min(now - dt.timedelta(minutes=5), now + dt.timedelta(seconds=lifetime) - dt.timedelta(minutes=10))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(now + dt.timedelta(seconds=lifetime))
+            .sign(ca_key, hashes.SHA256()))
+    with open(path, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
 
 
 def _self_signed_certificate(host: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ It has no HTTP in it; :mod:`airflow_provider_panda.testing.server` puts it behin
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import re
@@ -28,6 +29,11 @@ ATTEMPT_PATH = ("registered", "defined", "ready", "running")
 #: Marks a path step that starts a new attempt (attemptNr + 1) as it is taken.
 NEW_ATTEMPT = "+"
 BROKEN_DIALOG = "task is broken: the job parameters cannot be resolved (simulated by the local server)"
+#: getJediTasksInTimeRange never looks further back than this (TaskBuffer moves an older ``since``).
+MODIFIED_SINCE_MAX_RANGE = timedelta(days=30)
+#: The status of a block's jobs, from their task's status (anything else: activated).
+BLOCK_JOB_STATUS = {"running": "running", "done": "finished", "finished": "finished", "prepared": "finished",
+                    "failed": "failed", "exhausted": "failed", "broken": "cancelled", "aborted": "cancelled"}
 FAILED_JOB_ERROR = {
     "transExitCode": 1,
     "pilotErrorCode": 1305,
@@ -150,6 +156,12 @@ class Task:
     parent: int | None = None
     #: How many times clients read it (status reads, listings): lets tests wait for a waiter's polls.
     reads: int = 0
+    #: Jobs kept as one block (tasks of 100,000 jobs): their ids, statuses derived from the task's.
+    block: range = range(0)
+
+    @property
+    def all_job_ids(self) -> list[int]:
+        return [*self.block, *self.job_ids]
 
     @property
     def outcome(self) -> str:
@@ -185,6 +197,7 @@ class PandaSim:
         self.hidden: dict[int, int] = {}
         #: Task id -> (reads left, status): the status is set on that read (see :meth:`after_reads`).
         self.scripted: dict[int, tuple[int, str]] = {}
+        self._blocks: list[tuple[int, int]] = []  # (first job id, task id), in increasing order
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -319,8 +332,10 @@ class PandaSim:
             self._schedule(task, list(ATTEMPT_PATH[1:]))
             return SubmitCode.NEW, api.submit_new_message(task.task_id)
 
-    def bulk_running(self, n: int, user: User, outcomes: list[str]) -> list[int]:
-        """Control (benchmarks): n one-job tasks of ``user`` already running."""
+    def bulk_running(self, n: int, user: User, outcomes: list[str], jobs: int = 1, age: float = 0.0) -> list[int]:
+        """Control (benchmarks): n tasks of ``user`` already running, with ``jobs`` jobs each
+        (more than one: kept as a block, so 100 tasks of 100,000 jobs fit in memory), last
+        modified ``age`` seconds ago."""
         with self.lock:
             ids = []
             for _ in range(n):
@@ -328,10 +343,18 @@ class PandaSim:
                 task = Task(next(self._task_ids), f"user.bulk.{uuid.uuid4().hex[:12]}", {"nEvents": 1},
                             user.dn, "atlas", "user", "ready", check_outcomes(outcomes), wall, wall)
                 self.tasks[task.task_id] = task
-                self._make_jobs(task)
+                if jobs > 1:
+                    first = next(self._job_ids)
+                    self._job_ids = itertools.count(first + jobs)
+                    task.block = range(first, first + jobs)
+                    self._blocks.append((first, task.task_id))
+                else:
+                    self._make_jobs(task)
                 self._set_status(task, "running")
                 if task.path:
                     self._schedule(task, task.path)
+                if age:
+                    task.created = task.modified = self.clock.wall() - timedelta(seconds=age)
                 ids.append(task.task_id)
             return ids
 
@@ -457,8 +480,11 @@ class PandaSim:
                 task.recoveries += 1
                 self._restart(task, "toretry")
 
-    def force(self, task_id: int, status: str | None = None, outcomes: list[str] | None = None) -> Task:
-        """Control: set a task's status now and/or its outcomes from the current attempt on."""
+    def force(self, task_id: int, status: str | None = None, outcomes: list[str] | None = None,
+              backdate: float | None = None) -> Task:
+        """Control: set a task's status now and/or its outcomes from the current attempt on.
+        ``backdate``: write the status with a modificationTime that many seconds in the past, as
+        JEDI does on purpose (TaskCommando ``setOldModTime``: 1 h; ``updateTaskModTimeJEDI``: 1 day)."""
         with self.lock:
             self.advance()
             task = self.tasks[task_id]
@@ -469,12 +495,15 @@ class PandaSim:
                 self._set_status(task, status)
                 if status == "running" and task.path:
                     self._schedule(task, task.path)
+                if backdate:
+                    task.modified = self.clock.wall() - timedelta(seconds=float(backdate))
             return task
 
     def modified_since(self, user: User, since: datetime, label: str) -> dict[Any, dict[str, Any]]:
         """getJediTasksInTimeRange: keyed by reqID, as the server does."""
         with self.lock:
             self.advance()
+            since = max(since, self.clock.wall() - MODIFIED_SINCE_MAX_RANGE)  # as TaskBuffer clamps it
             found: dict[Any, dict[str, Any]] = {}
             for task in list(self.tasks.values()):
                 if task.owner != user.dn or task.label != label or task.modified < since:
@@ -541,9 +570,24 @@ class PandaSim:
             self.advance()
             out: list[dict[str, Any] | None] = []
             for panda_id in job_ids:
-                job = self.jobs.get(panda_id)
+                job = self.jobs.get(panda_id) or self._block_job(panda_id)
                 out.append(job.describe(self.tasks[job.task_id]) if job else None)
             return out
+
+    def _block_job(self, panda_id: int) -> Job | None:
+        """A job of a block: its status follows its task's."""
+        index = bisect.bisect_right(self._blocks, (panda_id, 1 << 62)) - 1
+        if index < 0:
+            return None
+        task = self.tasks[self._blocks[index][1]]
+        if panda_id not in task.block:
+            return None
+        status = BLOCK_JOB_STATUS.get(task.status, "activated")
+        job = Job(panda_id, task.task_id, status, task.attempt + 1, task.params.get("site") or "TEST_SITE",
+                  task.created, task.modified)
+        if status == "failed":
+            job.error = dict(FAILED_JOB_ERROR)
+        return job
 
     def kill_jobs(self, job_ids: list[int], user: User, prod: bool) -> list[bool]:
         with self.lock:

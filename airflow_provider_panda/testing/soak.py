@@ -12,9 +12,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-#: What a faulty network and server do: errors before acting, answers lost after acting, and
-#: answers slower than the client's timeout (after acting).
-FAULT_KINDS = ["500", "502", "503", "429", "after:502", "after:503", "slow:1.5"]
+#: What a faulty network and server do: errors before acting, answers lost after acting, answers
+#: slower than the client's timeout (after acting), and 200 answers that are not PanDA's envelope:
+#: a proxy's or SSO login page (before acting) and a body cut in half (after acting).
+FAULT_KINDS = ["500", "502", "503", "429", "after:502", "after:503", "slow:1.5", "html", "cut"]
 
 
 @dataclass

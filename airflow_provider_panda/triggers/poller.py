@@ -1,11 +1,20 @@
 """One status poller per connection in a triggerer process, shared by all waits on that connection.
 
 Instead of one ``task/get_status`` per waiting task per interval, a round asks the server once for
-the caller's tasks modified since the last round (``task/get_tasks_modified_since``) and hands each
-waiting trigger the status of its own task. Tasks the answer cannot cover (someone else's task,
-a non-``user`` label) fall back to a per-task status read. It is a cache, so it is strict about
-freshness: a waiter only takes a status from a round that *started after* it asked, so a status read
-before a command (or before the trigger existed) is never taken for a new one.
+the caller's tasks modified since the last round (``task/get_tasks_modified_since``: the change
+feed) and hands each waiting trigger the status of its own task. Tasks the answer cannot cover
+(someone else's task, a non-``user`` label, a task hidden behind another with the same reqID) fall
+back to a per-task status read. It is a cache, so it is strict about freshness: a waiter only takes
+a status from a round that *started after* it asked, so a status read before a command (or before
+the trigger existed) is never taken for a new one.
+
+The change feed is not complete: JEDI writes some statuses with a back-dated ``modificationTime``
+on purpose (1 h after task commands, 1 day in ``updateTaskModTimeJEDI``), clocks drift, and the
+server answers ``{}`` on a database error. So every :data:`SWEEP_EVERY`-th round is a *sweep*: the
+same call with ``since`` in the distant past and ``min_task_id`` just below the oldest watched task,
+which lists every watched task whatever its ``modificationTime`` (the server looks back at most 30
+days); a watched task the sweep does not list is read on its own. Every watched task is thus
+confirmed at least every :data:`SWEEP_EVERY` answered rounds, for one request per round in all.
 """
 
 from __future__ import annotations
@@ -24,10 +33,18 @@ from airflow_provider_panda.exceptions import (
     PandaNotFoundError,
 )
 
-#: How far before the last good round a window starts: covers clock skew between us and the server.
+#: How far before the last good round a window starts (at least two intervals, see margin()):
+#: covers clock skew between us and the server and a round that took long.
 WINDOW_MARGIN = timedelta(minutes=5)
-#: The first round looks this far back, to find tasks that changed long ago (a re-deferred wait).
-FIRST_LOOKBACK = timedelta(days=7)
+#: Every this many rounds the change feed is replaced by a sweep (K; see README "Waits, retries
+#: and credentials": at 10,000 waits a sweep answer is ~3 MB, so K=5 keeps the average under 1 MB
+#: per interval while a back-dated change ends its wait within 5 intervals).
+SWEEP_EVERY = 5
+#: This many new waits with no reading yet are served by a sweep now (one request), fewer by
+#: per-task reads (many triggers start together after a triggerer restart).
+SWEEP_FOR_NEW = 20
+#: A sweep's ``since``: before any task (the server moves anything older than 30 days up to that).
+SWEEP_SINCE = datetime(2000, 1, 1)
 #: At most this many per-task reads run at once (fallback tasks).
 FALLBACK_CONCURRENCY = 20
 
@@ -51,8 +68,14 @@ class SharedPoller:
     watchers: dict[int, int] = field(default_factory=dict)  # task id -> number of waits on it
     readings: dict[int, Reading] = field(default_factory=dict)
     covered: set[int] = field(default_factory=set)  # tasks the modified-since answer has shown
+    swept: set[int] = field(default_factory=set)  # tasks watched during an answered sweep
     bulk: bool = True  # False once the server is found not to serve modified-since
     last_ok_start: datetime | None = None
+    rounds: int = 0
+    last_sweep: int = -SWEEP_EVERY  # the round of the last answered sweep (the first round sweeps)
+    confirmed: dict[int, int] = field(default_factory=dict)  # task id -> last round that read its status
+    #: Requests per kind ("feed", "sweep", "single"), for benchmarks and tests.
+    sent: dict[str, int] = field(default_factory=lambda: {"feed": 0, "sweep": 0, "single": 0})
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _loop_task: asyncio.Task | None = None
 
@@ -93,6 +116,8 @@ class SharedPoller:
             return
         self.watchers.pop(task_id, None)
         self.readings.pop(task_id, None)
+        self.confirmed.pop(task_id, None)
+        self.swept.discard(task_id)
         if not self.watchers:
             await self._close()
 
@@ -114,8 +139,12 @@ class SharedPoller:
                 started = time.monotonic()
                 try:
                     await self._round(started)
-                except PandaAuthError as exc:  # no later round can mend it: every waiter is told
-                    async with self._changed:
+                except PandaAuthError as exc:
+                    if await self.client.reload(force=True):  # the connection has new credentials
+                        self.log.warning("PanDA refused the credentials (%s); retrying with the connection's "
+                                         "new settings", exc)
+                        continue
+                    async with self._changed:  # no later round can mend it: every waiter is told
                         self.error = exc
                         self._changed.notify_all()
                     return
@@ -125,50 +154,80 @@ class SharedPoller:
         finally:
             _REGISTRY.pop((id(asyncio.get_running_loop()), *self.key), None)
 
+    def margin(self) -> timedelta:
+        return max(WINDOW_MARGIN, timedelta(seconds=2 * self.interval))
+
     async def _round(self, started: float) -> None:
+        self.rounds += 1
         watched = list(self.watchers)
         fresh: dict[int, str | None] = {}
+        sweep_answered = False
         if self.bulk:
-            fresh.update(await self._bulk(watched))
-        # Read one by one: without bulk, every task; with it, tasks it has never shown, and tasks
-        # with no reading yet (a new wait on a task whose earlier waits have ended).
+            new = sum(1 for t in watched if t not in self.readings)
+            sweep = self.rounds - self.last_sweep >= SWEEP_EVERY or new >= SWEEP_FOR_NEW
+            found, sweep_answered = await self._bulk(watched, sweep)
+            fresh.update(found)
+        # Read one by one: without bulk, every task; with it, tasks with no reading yet (a new wait),
+        # tasks a sweep did not list or listed under another task's reqID (someone else's task,
+        # another label: the feed cannot show them), and tasks no answer has confirmed for
+        # SWEEP_EVERY rounds (if the sweep itself looked like a database error, give it one more
+        # round before reading them all one by one). A new task the feed does not show is
+        # confirmed by the next sweep, at most SWEEP_EVERY rounds later.
+        overdue = SWEEP_EVERY if sweep_answered or not self.bulk else 2 * SWEEP_EVERY
         single = [t for t in watched if t not in fresh
-                  and (not self.bulk or t not in self.covered or t not in self.readings)]
+                  and (not self.bulk or t not in self.readings or (t in self.swept and t not in self.covered)
+                       or self.rounds - self.confirmed.get(t, self.rounds) >= overdue)]
         if single:
             fresh.update(await self._single(single))
         async with self._changed:
             for task_id in watched:
                 if task_id in fresh:
                     self.readings[task_id] = Reading(fresh[task_id], started)
+                    self.confirmed[task_id] = self.rounds
                 elif task_id in self.readings:  # covered, unchanged since the last round: still true
                     self.readings[task_id] = Reading(self.readings[task_id].status, started)
+                self.confirmed.setdefault(task_id, self.rounds)
             self._changed.notify_all()
 
-    async def _bulk(self, watched: list[int]) -> dict[int, str | None]:
+    async def _bulk(self, watched: list[int], sweep: bool) -> tuple[dict[int, str | None], bool]:
+        """Statuses from the change feed, or from a sweep; and whether a sweep was answered sensibly."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        since = (self.last_ok_start - WINDOW_MARGIN) if self.last_ok_start else now - FIRST_LOOKBACK
+        if sweep:
+            since, min_task_id = SWEEP_SINCE, max(0, min(watched) - 1)
+        else:
+            since, min_task_id = (self.last_ok_start or now) - self.margin(), None
         try:
-            tasks = await self.client.get_tasks_modified_since(since)
+            self.sent["sweep" if sweep else "feed"] += 1
+            tasks = await self.client.get_tasks_modified_since(since, min_task_id)
         except (PandaHTTPError, PandaCallFailed) as exc:
             missing = isinstance(exc, PandaCallFailed) or exc.status_code == 404 or "is forbidden" in exc.text
             if not missing:
                 raise
             self.log.warning("The server does not serve tasks-modified-since (%s): polling task by task", exc)
             self.bulk = False
-            return {}
-        self.last_ok_start = now
+            return {}, False
         wanted = set(watched)
         found = {task_id: info.get("status") for task_id, info in tasks.items() if task_id in wanted}
+        if sweep and not found and wanted & self.covered:
+            # Every watched task the feed has shown should be listed: an empty answer is the server's
+            # "{}" on a database error. The feed's window is not moved on; the sweep stays due.
+            self.log.warning("PanDA answered a status sweep with no watched task; sweeping again next round")
+            return {}, False
+        self.last_ok_start = now
+        if sweep:
+            self.last_sweep = self.rounds
+            self.swept.update(watched)
         # The server keys its answer by reqID: a task with a reqID of its own may be hidden behind
         # another one, so only tasks keyed by their own id count as covered by later answers.
         self.covered.update(t for t in found if tasks[t].get("reqID") in (None, t))
-        return found
+        return found, sweep
 
     async def _single(self, task_ids: list[int]) -> dict[int, str | None]:
         gate = asyncio.Semaphore(FALLBACK_CONCURRENCY)
 
         async def one(task_id: int) -> tuple[int, str | None] | None:
             async with gate:
+                self.sent["single"] += 1
                 try:
                     return task_id, await self.client.get_task_status(task_id)
                 except PandaNotFoundError:
