@@ -6,7 +6,7 @@ import json
 
 import pytest
 from airflow_runs import run_dag
-from conftest import params_with_outcomes
+from conftest import params_with_outcomes, wait_for
 
 from airflow_provider_panda.exceptions import PandaAuthError
 from airflow_provider_panda.hooks.panda import PandaHook
@@ -96,12 +96,15 @@ def test_a_wait_longer_than_a_token_lifetime_succeeds(short_tokens, monkeypatch,
     params = params_with_outcomes(server, ["hang"], "longwait")
     import threading
 
-    def finish_later():
+    before = server.panda.requests["oidc/token"]
+
+    def finish_after_two_refreshes():
+        """The wait must outlive two tokens: end the task once two refresh grants were made."""
+        wait_for(lambda: server.panda.requests["oidc/token"] - before >= 2, timeout=240, interval=0.2)
         task = next(t for t in server.sim.tasks.values() if t.name == params["taskName"])
         server.sim.force(task.task_id, status="running", outcomes=["done"])
 
-    before = server.panda.requests["oidc/token"]
-    threading.Timer(9.0, finish_later).start()  # the wait lasts more than two token lifetimes
+    threading.Thread(target=finish_after_two_refreshes, daemon=True).start()
     run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, poll_interval=0.5, "
                   f"deferrable={deferrable})", params=repr(params))
     assert run.states == {"submit": "success"}
