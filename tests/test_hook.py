@@ -393,8 +393,13 @@ def test_timeout_after_acting_reattaches(conn_env, panda_server):
     hook = PandaHook(conn_env("panda_fast", timeout=0.3))
     params = task_params("slow")
     panda_server.panda.faults.append("slow:1.0@task/submit")
+    sent = panda_server.panda.requests["task/submit"]
     task_id = hook.submit_task(params)
     assert [t.task_id for t in panda_server.sim.tasks.values() if t.name == params["taskName"]] == [task_id]
+    # PanDA listed the task before the resend: it was found, not resent (a resend of a finished
+    # task's name would have re-executed it)
+    assert panda_server.panda.requests["task/submit"] == sent + 1
+    assert panda_server.sim.tasks[task_id].attempt == 0
 
 
 def test_unreachable_server_is_a_transport_error(monkeypatch):

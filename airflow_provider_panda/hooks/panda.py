@@ -13,7 +13,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,8 @@ def same_task_params(stored: Any, sent: dict[str, Any]) -> bool:
     """Whether parameters the server stored are the ones sent (ignoring what the server sets)."""
     return isinstance(stored, dict) and all(stored.get(k) == v for k, v in sent.items() if k not in SERVER_SET_KEYS)
 
+#: How far a server's clock may be behind ours when telling new tasks from old ones.
+CLOCK_SKEW = timedelta(minutes=5)
 #: Seconds a lost submission's task is looked for by name (JEDI lists a new task after DEFT has it).
 LOST_SUBMISSION_WAIT = 180.0
 #: How many of a task's newest jobs a failure report reads (a 100,000-job task is not listed whole).
@@ -147,10 +149,15 @@ class PandaHook(BaseHook):
         if not call.idempotent:
             return self._submit_once(call, task_params)
         attempts = 0
+        first_sent = datetime.now(timezone.utc).replace(tzinfo=None)
 
         def once() -> Submission:
             nonlocal attempts
             attempts += 1
+            if attempts > 1:  # the first send's task may exist, or even have finished: a resend would re-run it
+                found = self._created_by_this_submission(task_params, first_sent)
+                if found is not None:
+                    return found
             try:
                 answer = self._send(call)
                 return self._read_submission(call, answer, task_params)
@@ -177,6 +184,23 @@ class PandaHook(BaseHook):
         else:
             self.log.info("Submitted PanDA task %r: jediTaskID=%s", task_params["taskName"], task_id)
         return Submission(task_id, reexecuted, message)
+
+    def _created_by_this_submission(self, task_params: dict[str, Any], sent: datetime) -> Submission | None:
+        """After a lost answer: the task named so, with these parameters, created since the first
+        send (a few minutes' margin for clock skew), if PanDA lists it already."""
+        try:
+            tasks = self.find_tasks_by_name(task_params["taskName"])
+        except PandaError as exc:
+            self.log.warning("Could not look for the submitted task before resending (%s)", exc)
+            return None
+        margin = sent - CLOCK_SKEW
+        mine = [t for t in tasks if same_task_params(t.get("raw_task_params"), task_params)
+                and isinstance(t.get("creationDate"), datetime) and t["creationDate"].replace(tzinfo=None) >= margin]
+        if not mine:
+            return None
+        task_id = max(int(t["jediTaskID"]) for t in mine)
+        self.log.warning("The submission's answer was lost; PanDA already has the task: jediTaskID=%s", task_id)
+        return Submission(task_id, False, "found by name after a lost answer")
 
     def _submit_once(self, call: Call, task_params: dict[str, Any]) -> Submission:
         """A submission a repeat could duplicate: never resent; a lost answer is looked up."""
