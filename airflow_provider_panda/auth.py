@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_panda import api
+from airflow_provider_panda import api, masking
 from airflow_provider_panda.exceptions import PandaAuthError, PandaError, PandaServerError, PandaTransportError
 
 #: Refresh a token that expires within this many seconds (panda-client uses minutes too).
@@ -91,9 +91,7 @@ def fresh_token(token: str, refresh_token: str | None, base_url: str, vo: str, v
             raise
         grant.retry_at = 0.0
         if rotated and rotated != (grant.refresh_token or refresh_token):
-            from airflow_provider_panda.config import _mask
-
-            _mask(rotated)
+            masking.mask(rotated)
             grant.refresh_token = rotated
         return grant.id_token
 
@@ -102,8 +100,6 @@ def _refresh(refresh_token: str, base_url: str, vo: str, verify: Any, timeout: f
              session: Any = None) -> tuple[str, str | None]:
     """One refresh grant: (new id token, the refresh token the IdP sent back, if any)."""
     import requests
-
-    from airflow_provider_panda.config import _mask
 
     http = session() if session is not None else requests  # a factory: sessions are made only to refresh
     vo_name = vo.replace(".", ":").split(":")[0]
@@ -130,7 +126,7 @@ def _refresh(refresh_token: str, base_url: str, vo: str, verify: Any, timeout: f
     except (ValueError, KeyError, TypeError) as exc:
         raise PandaAuthError(401, f"the id token expired and refreshing it failed: the {step} answer is "
                                   f"unusable ({type(exc).__name__})") from None
-    _mask(token)
+    masking.mask(token)
     return token, rotated
 
 

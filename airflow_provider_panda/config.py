@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_panda import masking
 from airflow_provider_panda.api import DEFAULT_MONITOR_URL
 from airflow_provider_panda.exceptions import PandaConnectionConfigError
 
@@ -139,8 +140,8 @@ class PandaConnectionConfig:
         token, refresh = tokens_from_text(text)
         if not token:
             raise PandaConnectionConfigError(f"token_file {self.token_file!r} holds no token")
-        _mask(token)
-        _mask(refresh)
+        masking.mask(token)
+        masking.mask(refresh)
         return token, refresh
 
     def check_proxy(self) -> str:
@@ -165,14 +166,6 @@ def tokens_from_text(text: str) -> tuple[str | None, str | None]:
     return text or None, None
 
 
-def _mask(secret: str | None) -> None:
-    """Register a secret with Airflow's masker so no log line shows it."""
-    if not secret:
-        return
-    from airflow.sdk.log import mask_secret
-
-    mask_secret(secret)
-
 
 def config_from_connection(conn: Any) -> PandaConnectionConfig:
     """Build settings from an Airflow Connection (host, password, extras); raise on bad input."""
@@ -191,10 +184,10 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
     if not isinstance(extra, dict):
         raise PandaConnectionConfigError("connection extra must be a JSON object")
     token = getattr(conn, "password", None) or extra.get("token") or None
-    _mask(token)
+    masking.mask(token)
     token_file = extra.get("token_file") or None
     refresh_token = extra.get("refresh_token") or None
-    _mask(refresh_token)
+    masking.mask(refresh_token)
     # panda-client's defaults: X509_USER_PROXY, then /tmp/x509up_u<uid> when x509 is asked for
     x509_proxy = extra.get("x509_proxy") or os.environ.get("X509_USER_PROXY") or None
     auth = extra.get("auth") or ("oidc" if token or token_file else "x509" if x509_proxy else "none")

@@ -16,10 +16,12 @@ import os
 import ssl
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_panda.config import PandaConnectionConfig
 from airflow_provider_panda.exceptions import PandaCertificateError, PandaConnectionConfigError
+
+if TYPE_CHECKING:
+    from airflow_provider_panda.config import PandaConnectionConfig
 
 GRID_CA_DIR = "/etc/grid-security/certificates"
 

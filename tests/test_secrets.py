@@ -79,10 +79,10 @@ def test_no_secret_anywhere(panda_server, monkeypatch, tmp_path, capfd):
 def test_the_scan_finds_secrets_when_redaction_is_off(panda_server, monkeypatch, tmp_path, capfd):
     """The negative control: the same scan with our redaction and Airflow's masking turned off
     must find the secrets, or the test above proves nothing."""
-    from airflow_provider_panda import config, transport
+    from airflow_provider_panda import masking, transport
 
     monkeypatch.setattr(transport, "redact", lambda text, cfg: text)
-    monkeypatch.setattr(config, "_mask", lambda secret: None)
+    monkeypatch.setattr(masking, "mask", lambda secret: None)
     hits = scan_flows(panda_server, monkeypatch, tmp_path, capfd, "off")
     assert hits["token"] > 0, hits
 
