@@ -169,8 +169,9 @@ def test_resubmitting_an_aborted_name_reexecutes_it(backend, hook):
     assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "aborted"
     answer = hook.submit(params)
     assert answer.task_id == task_id and answer.reexecuted
+    # JEDI re-refines the task (aborted > rerefine > defined > ... > running); attemptNr is no
+    # guide here: the real JEDI shows 1 in rerefine and 0 again once the task is re-refined
     wait_status(backend, hook, task_id, {"running"})
-    assert hook.get_task_info(task_id)["attemptNr"] == 1
     backend.finish_attempt(task_id, "done")
     assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "done"
 

@@ -14,7 +14,6 @@ import threading
 import pytest
 from airflow_runs import run_dag
 from backends import N_JOBS
-from conftest import wait_for
 from test_real_flows import (  # noqa: F401 - fixtures
     POLL,
     backend,
@@ -75,33 +74,34 @@ def test_real_airflow_retry_of_a_failed_task_retries_it_in_panda(backend, hook):
 
 
 def test_real_airflow_retry_after_a_kill_reexecutes_the_aborted_task(backend, hook, capfd):
-    """on_timeout='kill' aborts the task in its first attempt; the Airflow retry re-executes it
-    through PanDA's incremental execution (same jediTaskID, attemptNr 1) and it runs to done."""
+    """A user kills the task in its first attempt (pbook); the Airflow retry re-executes that same
+    task through PanDA's incremental execution (same jediTaskID) and it runs to done."""
     params = backend.task_params("ownabort")
     errors: list[BaseException] = []
 
-    def second_attempt() -> None:
+    def kill_then_run_the_reexecution() -> None:
         try:
             tid = task_by_name(backend, hook, params["taskName"])
-            wait_for(lambda: task_info(backend, tid)["attemptNr"] >= 1, timeout=backend.timeout * 2, interval=1)
+            wait_status(backend, hook, tid, {"running"})
+            hook.kill_task(tid)
+            wait_status(backend, hook, tid, {"aborted"})
+            wait_status(backend, hook, tid, {"running"})  # re-refined and running again
             backend.pilot.run_task(tid, "done", expected_jobs=N_JOBS, timeout=backend.timeout)
         except BaseException as exc:
             errors.append(exc)
 
-    pilot = threading.Thread(target=second_attempt, daemon=True)
+    pilot = threading.Thread(target=kill_then_run_the_reexecution, daemon=True)
     pilot.start()
-    run = run_dag("""\
-        SubmitTaskOperator(task_id='submit', task_params=$params, retries=1, retry_delay=timedelta(0),
-                           timeout=40, on_timeout='kill', poll_interval=1)
-        """, params=repr(params))
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, retries=1, "
+                  f"retry_delay=timedelta(0), {POLL})", params=repr(params))
     pilot.join(backend.timeout)
     assert not errors and run.states == {"submit": "success"} and run.tries("submit") == 2
     task_id = run.xcom("submit")
     assert [t["jediTaskID"] for t in hook.find_tasks_by_name(params["taskName"])] == [task_id]
-    info = task_info(backend, task_id)
-    assert (info["status"], info["attemptNr"]) == ("done", 1)
+    assert task_info(backend, task_id)["status"] == "done"
     out = capfd.readouterr().out
-    assert "it was killed" in out and "re-executing it through PanDA's incremental execution" in out
+    assert f"PanDA task {task_id} ended aborted" in out
+    assert "re-executing it through PanDA's incremental execution" in out
 
 
 def test_real_a_broken_task_fails_without_spending_retries(backend, hook, capfd):
