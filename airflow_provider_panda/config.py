@@ -170,6 +170,16 @@ def _mask(secret: str | None) -> None:
     mask_secret(secret)
 
 
+def _set_extras(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extras that are set: Airflow's connection form stores every field left untouched as
+    null and an emptied one as "", and both mean "use the default"."""
+    return {
+        key: value.strip() if isinstance(value, str) else value
+        for key, value in extra.items()
+        if value is not None and not (isinstance(value, str) and not value.strip())
+    }
+
+
 def config_from_connection(conn: Any) -> PandaConnectionConfig:
     """Build settings from an Airflow Connection (host, password, extras); raise on bad input."""
     host = (getattr(conn, "host", None) or "").strip()
@@ -183,15 +193,16 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
         port = getattr(conn, "port", None)
         host = f"{scheme}://{host}" + (f":{port}" if port else "")
     base_url = _base_url(host, "host")
-    extra = getattr(conn, "extra_dejson", None) or {}
-    if not isinstance(extra, dict):
+    raw = getattr(conn, "extra_dejson", None) or {}
+    if not isinstance(raw, dict):
         raise PandaConnectionConfigError("connection extra must be a JSON object")
+    extra = _set_extras(raw)
     token = getattr(conn, "password", None) or extra.get("token") or None
     _mask(token)
-    token_file = extra.get("token_file") or None
-    refresh_token = extra.get("refresh_token") or None
+    token_file = extra.get("token_file")
+    refresh_token = extra.get("refresh_token")
     _mask(refresh_token)
-    x509_proxy = extra.get("x509_proxy") or None
+    x509_proxy = extra.get("x509_proxy")
     auth = extra.get("auth") or ("oidc" if token or token_file else "x509" if x509_proxy else "none")
     verify: bool | str = True
     if "verify" in extra:
@@ -204,7 +215,7 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
     return PandaConnectionConfig(
         base_url=base_url,
         auth=str(auth),
-        vo=extra.get("vo") or None,
+        vo=extra.get("vo"),
         token=token,
         token_file=token_file,
         refresh_token=refresh_token,

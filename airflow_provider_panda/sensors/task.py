@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, conf
+from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_panda import api
+from airflow_provider_panda.compat import conf
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError
 from airflow_provider_panda.links import PandaTaskLink
 from airflow_provider_panda.operators.task import as_task_id, task_failed
