@@ -21,6 +21,7 @@ from airflow.sdk import BaseHook
 from airflow_provider_panda import api, calls, transport
 from airflow_provider_panda.auth import claims as token_claims
 from airflow_provider_panda.calls import Call
+from airflow_provider_panda.compat import aget_connection
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
     PandaAuthError,
@@ -334,7 +335,7 @@ class AsyncPandaClient:
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
-        conn = await BaseHook.aget_connection(conn_id)
+        conn = await aget_connection(conn_id)
         return cls(config_from_connection(conn), log)
 
     def _ssl(self) -> Any:
