@@ -84,11 +84,18 @@ def test_every_extra_the_hook_reads_has_a_labelled_field() -> None:
 def test_airflow_reads_the_form_from_the_provider_info() -> None:
     """Airflow's own schema accepts the provider info, and its providers manager builds the form from it:
     fields hidden and relabelled, a select for auth, the refresh token masked."""
+    import airflow
     import jsonschema
     from airflow.providers_manager import ProvidersManager
+    from packaging.version import Version
 
-    schema = json.loads((Path(__import__("airflow").__file__).parent / "provider_info.schema.json").read_text())
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
     jsonschema.validate(get_provider_info(), schema)
+    assert get_provider_info()["integrations"][0]["integration-name"] == "PanDA"
+    if Version(airflow.__version__) < Version("3.2"):
+        # 3.1 builds the form from hook methods (and only with wtforms installed): labels and hidden fields
+        assert PandaHook.get_ui_field_behaviour()["hidden_fields"] == ["schema", "port", "login"]
+        pytest.skip("conn-fields and ui-field-behaviour in the provider info are read from Airflow 3.2 on")
     manager = ProvidersManager()
     behaviour = manager.field_behaviours["panda"]
     assert behaviour["hidden_fields"] == CONNECTION_UI["hidden-fields"] == ["schema", "port", "login"]
@@ -98,7 +105,6 @@ def test_airflow_reads_the_form_from_the_provider_info() -> None:
     assert set(widgets) == set(CONNECTION_FIELDS)
     assert widgets["auth"].field["schema"]["enum"] == ["oidc", "x509", "none"]
     assert widgets["refresh_token"].is_sensitive and not widgets["vo"].is_sensitive
-    assert get_provider_info()["integrations"][0]["integration-name"] == "PanDA"
 
 
 # --- "Test" in the UI --------------------------------------------------------------------------
