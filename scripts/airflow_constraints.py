@@ -1,7 +1,7 @@
 """Write constraints/airflow-<version>.txt: every package `pip install apache-airflow==<version>` needs,
 resolved from PyPI as it stood shortly after that release (what Airflow's own constraint files pin).
 
-Usage: python scripts/airflow_constraints.py 3.1.0 2025-09-27   (the date: a few days after the release)
+Usage: python scripts/airflow_constraints.py 3.1.2 2025-11-09   (the date: a few days after the release)
 Run it with the Python CI uses: wheels and markers are resolved for the running interpreter.
 """
 
