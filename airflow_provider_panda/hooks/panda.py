@@ -265,7 +265,8 @@ class PandaHook(BaseHook):
             return False, f"The connection cannot be used as it is: {exc}"
         url = cfg.base_url
         try:
-            calls.hello().interpret(self._send(calls.hello()))
+            hello = calls.hello()
+            hello.interpret(self._send(hello))
         except PandaTransportError as exc:
             if "SSL" in str(exc) or "certificate" in str(exc).lower():
                 return False, (f"TLS with {url} failed ({exc}). Set 'CA directory or file' to the CA that "
