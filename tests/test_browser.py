@@ -140,6 +140,7 @@ def test_connection_made_in_the_form_runs_the_example_and_its_monitor_link_opens
     from selenium.webdriver.support.ui import WebDriverWait
 
     started = time.monotonic()
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # no screenshot of an earlier run left to mislead
     wait = WebDriverWait(browser, 120, poll_frequency=0.2)
 
     def visible(xpath: str):
