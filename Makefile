@@ -6,9 +6,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # The oldest Airflow that pyproject.toml admits, tested in its own virtualenv.
 AIRFLOW_OLDEST := $(shell sed -n 's/.*"apache-airflow>=\([0-9.]*\)".*/\1/p' pyproject.toml)
 OLD_VENV := .venv-airflow-$(AIRFLOW_OLDEST)
-OLD_STAMP := $(OLD_VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Pins that make that release install today (as Airflow's constraint files do): scripts/airflow_constraints.py.
+OLD_CONSTRAINTS := constraints/airflow-$(AIRFLOW_OLDEST).txt
+OLD_STAMP := $(OLD_VENV)/.installed-$(shell cat pyproject.toml $(OLD_CONSTRAINTS) | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-stress test-oldest test-real real-up real-down demo lint local-server clean
+.PHONY: install test test-stress test-oldest test-browser browser-deps constraints test-real real-up real-down demo lint local-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,16 +28,35 @@ test: $(STAMP)
 test-stress: $(STAMP)
 	$(PY) scripts/with_cpu_hog.py -- $(PY) -m pytest -q -n 3 tests
 
-## The same suite on the oldest Airflow release pyproject.toml admits.
-$(OLD_STAMP): pyproject.toml
+## The same suite on the oldest Airflow release pyproject.toml admits (`make test-airflow-3.2.0`: another).
+$(OLD_STAMP): pyproject.toml $(OLD_CONSTRAINTS)
 	test -x $(OLD_VENV)/bin/python || $(PYTHON) -m venv $(OLD_VENV)
 	$(OLD_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OLD_VENV)/bin/python -m pip install -q 'apache-airflow==$(AIRFLOW_OLDEST)' -e '.[test]'
+	$(OLD_VENV)/bin/python -m pip install -q -c $(OLD_CONSTRAINTS) 'apache-airflow==$(AIRFLOW_OLDEST)' -e '.[test]'
 	rm -f $(OLD_VENV)/.installed-* && touch $@
 
 test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -c 'import airflow; print("Airflow", airflow.__version__)'
 	$(OLD_VENV)/bin/python -m pytest -q -n 3 tests
+
+test-airflow-%:
+	$(MAKE) test-oldest AIRFLOW_OLDEST=$*
+
+## Pins for one Airflow release as PyPI stood on a date: make constraints AIRFLOW=3.2.0 DATE=2026-04-10
+constraints: $(STAMP)
+	$(PY) scripts/airflow_constraints.py $(AIRFLOW) $(DATE)
+
+## Airflow's UI in headless Chromium: a PanDA connection made with the form, used by panda_submit_and_wait,
+## its monitor link followed (screenshots in test-artifacts/browser/). Installs Debian's chromium first.
+browser-deps:
+	command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)
+	$(PY) -c 'import selenium' 2>/dev/null || $(PY) -m pip install -q -e '.[test,browser]'
+
+test-browser: $(STAMP) browser-deps
+	@start=$$(date +%s); \
+	BROWSER_TEST=1 $(PY) -m pytest -q tests/test_browser.py; status=$$?; \
+	echo "browser tier took $$(( $$(date +%s) - start )) s"; exit $$status
 
 ## The contract suite and the operators' flows against the real panda-server + JEDI (needs root).
 test-real: $(STAMP)
@@ -63,4 +84,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .demo .real_panda
+	rm -rf $(VENV) $(OLD_VENV) .demo .real_panda test-artifacts

@@ -167,6 +167,16 @@ def tokens_from_text(text: str) -> tuple[str | None, str | None]:
 
 
 
+def _set_extras(extra: dict[str, Any]) -> dict[str, Any]:
+    """The extras that are set: Airflow's connection form stores every field left untouched as
+    null and an emptied one as "", and both mean "use the default"."""
+    return {
+        key: value.strip() if isinstance(value, str) else value
+        for key, value in extra.items()
+        if value is not None and not (isinstance(value, str) and not value.strip())
+    }
+
+
 def config_from_connection(conn: Any) -> PandaConnectionConfig:
     """Build settings from an Airflow Connection (host, password, extras); raise on bad input."""
     host = (getattr(conn, "host", None) or "").strip()
@@ -180,9 +190,10 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
         port = getattr(conn, "port", None)
         host = f"{scheme}://{host}" + (f":{port}" if port else "")
     base_url = _base_url(host, "host")
-    extra = getattr(conn, "extra_dejson", None) or {}
-    if not isinstance(extra, dict):
+    raw = getattr(conn, "extra_dejson", None) or {}
+    if not isinstance(raw, dict):
         raise PandaConnectionConfigError("connection extra must be a JSON object")
+    extra = _set_extras(raw)
     token = getattr(conn, "password", None) or extra.get("token") or None
     masking.mask(token)
     token_file = extra.get("token_file") or None
@@ -204,7 +215,7 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
     return PandaConnectionConfig(
         base_url=base_url,
         auth=str(auth),
-        vo=extra.get("vo") or None,
+        vo=extra.get("vo"),
         token=token,
         token_file=token_file,
         refresh_token=refresh_token,

@@ -22,6 +22,9 @@ def airflow_env(tmp_path_factory):
     env.update({
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+        # the DAGs import _common: Airflow's dag-processor and workers put the bundle on sys.path, but 3.1's
+        # `dags test` and `dags reserialize` do not
+        "PYTHONPATH": os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PANDA_EXAMPLE_POLL": "0.1",
         "PANDA_EXAMPLE_TIMEOUT": "1",

@@ -22,12 +22,17 @@ from airflow.sdk import BaseHook
 from airflow_provider_panda import api, calls, transport
 from airflow_provider_panda.auth import claims as token_claims
 from airflow_provider_panda.calls import Call
+from airflow_provider_panda.compat import aget_connection
 from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
 from airflow_provider_panda.exceptions import (
+    PandaAuthError,
     PandaDuplicateTaskError,
     PandaError,
+    PandaHTTPError,
     PandaInputError,
+    PandaResponseError,
     PandaSubmissionUnknownError,
+    PandaTransportError,
 )
 
 #: Keys the server sets or changes in the parameters it stores (insertTaskParamsPanda).
@@ -84,10 +89,11 @@ class PandaHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Labels and placeholders of the connection form (Airflow < 3.2 reads them from here)."""
+        """Labels and hidden fields of the connection form for Airflow 3.1, which reads them from the
+        hook (3.2+ reads ``ui-field-behaviour`` from the provider info and skips this method)."""
         from airflow_provider_panda import CONNECTION_UI
 
-        return CONNECTION_UI
+        return {key.replace("-", "_"): value for key, value in CONNECTION_UI.items()}
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -378,13 +384,56 @@ class PandaHook(BaseHook):
         return api.monitor_task_url(self.config.monitor_url, task_id)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Reachability and accepted credentials: ``is_alive`` plus one authenticated call."""
+        """The UI's "Test" button: reach the server, then make one authenticated call, once each
+        (no retries, so the answer is quick), and say what to change when something fails."""
         try:
-            self.hello()
-            self.get_tasks_modified_since(datetime.now(timezone.utc))
+            cfg = self.config
+        except PandaInputError as exc:
+            return False, f"The connection cannot be used as it is: {exc}"
+        url = cfg.base_url
+        try:
+            hello = calls.hello()
+            hello.interpret(self._send(hello))
+        except PandaTransportError as exc:
+            if "SSL" in str(exc) or "certificate" in str(exc).lower():
+                return False, (f"TLS with {url} failed ({exc}). Set 'CA directory or file' to the CA that "
+                               "signed the server's certificate (grid CAs: /etc/grid-security/certificates).")
+            return False, (f"Cannot reach {url} ({exc}). Check the URL (scheme, host and port, e.g. "
+                           "https://pandaserver.cern.ch:25443) and that this machine can reach it.")
+        except (PandaHTTPError, PandaResponseError) as exc:
+            return False, f"{url} does not answer like a PanDA server ({exc}). Check the URL and port."
+        if cfg.auth == "none":
+            return True, (f"Reached {url}, but the connection has no credentials: only hello works. Set the "
+                          "id token (password), a token file or an X509 proxy to submit tasks.")
+        try:
+            if cfg.auth == "oidc":
+                expired = _expired_at(cfg.read_token())
+                if expired:
+                    return False, (f"The id token expired at {expired}. Paste a fresh one, or set "
+                                   "'Refresh token' or 'Token file' so the hook can renew it.")
+            call = calls.get_tasks_modified_since(datetime.now(timezone.utc))
+            call.interpret(self._send(call))
+        except PandaAuthError as exc:
+            if cfg.auth == "x509":
+                return False, (f"{url} refused the X509 proxy ({exc}). Check that it is valid and has the "
+                               "VO extension (voms-proxy-info --all).")
+            return False, (f"{url} refused the token for VO {cfg.vo!r} ({exc}). Check the VO (atlas, or "
+                           "atlas:production for the production role, which the token must carry) and that "
+                           "the token was issued for it and has not expired.")
+        except PandaTransportError as exc:
+            return False, f"{url} was reachable but the authenticated call failed ({exc})."
         except Exception as exc:
             return False, f"{type(exc).__name__}: {exc}"
-        return True, f"Connected to {self.config.base_url} and the credentials were accepted"
+        who = f"VO {cfg.vo!r}" if cfg.auth == "oidc" else "the X509 proxy"
+        return True, f"Connected to {url} with {who}: the credentials were accepted."
+
+
+def _expired_at(token: str | None) -> str | None:
+    """When an id token expired (UTC, ISO), or None if it has not or says nothing about it."""
+    exp = token_claims(token).get("exp") if token else None
+    if isinstance(exp, (int, float)) and exp < datetime.now(timezone.utc).timestamp():
+        return datetime.fromtimestamp(exp, timezone.utc).isoformat(timespec="seconds")
+    return None
 
 
 #: Answers larger than this are parsed in a thread, not on the triggerer's event loop.
@@ -406,7 +455,7 @@ class AsyncPandaClient:
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
-        conn = await BaseHook.aget_connection(conn_id)
+        conn = await aget_connection(conn_id)
         return cls(config_from_connection(conn), log, conn_id)
 
     async def reload(self, force: bool = False) -> bool:
@@ -415,7 +464,7 @@ class AsyncPandaClient:
             return False
         self._loaded = time.monotonic()
         try:
-            config = config_from_connection(await BaseHook.aget_connection(self.conn_id))
+            config = config_from_connection(await aget_connection(self.conn_id))
         except Exception as exc:  # keep the settings in use; the next reload tries again
             self.log.warning("Re-reading connection %s failed (%s); keeping its settings", self.conn_id, exc)
             return False

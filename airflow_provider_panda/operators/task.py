@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from airflow_provider_panda import api
 from airflow_provider_panda.calls import as_task_id, check_task_params, finite
+from airflow_provider_panda.compat import conf
 from airflow_provider_panda.exceptions import (
     PandaCommandRejected,
     PandaDuplicateTaskError,

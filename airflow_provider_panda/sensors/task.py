@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, conf
+from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_panda import api
 from airflow_provider_panda.calls import as_task_id, finite
+from airflow_provider_panda.compat import conf
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError
 from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
 from airflow_provider_panda.waiting import ERROR, FAILURE, NOT_FOUND_GRACE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
