@@ -34,7 +34,9 @@ class PandaHTTPError(PandaError):
 
 
 class PandaAuthError(PandaHTTPError):
-    """HTTP 403: token or certificate refused, user banned, or method forbidden."""
+    """Credentials refused: the PanDA server's 403 (token or certificate refused, user banned, method
+    forbidden), or the IdP refusing to refresh an expired token (``status_code`` is then the IdP's
+    answer, 401 when its answer was unusable). No retry can mend it."""
 
 
 class PandaServerError(PandaHTTPError):
