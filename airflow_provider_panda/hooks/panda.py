@@ -317,9 +317,12 @@ class PandaHook(BaseHook):
         """Ask PanDA to recover the task's lost files; returns the recovery log URL."""
         return self.run(calls.send_file_recovery_request(task_id, dry_run))
 
-    def get_tasks_modified_since(self, since: datetime | str) -> dict[int, dict[str, Any]]:
-        """The caller's tasks modified since a time (UTC), keyed by jediTaskID, in one call."""
-        return self.run(calls.get_tasks_modified_since(since))
+    def get_tasks_modified_since(self, since: datetime | str,
+                                 min_task_id: int | None = None) -> dict[int, dict[str, Any]]:
+        """The caller's tasks modified since a time (UTC), keyed by jediTaskID, in one call
+        (``min_task_id``: only tasks with a larger id). JEDI back-dates ``modificationTime`` on
+        purpose, so this is no complete change feed: see the README's "Waits" section."""
+        return self.run(calls.get_tasks_modified_since(since, min_task_id))
 
     def get_task_info(self, task_id: int) -> dict[str, Any]:
         """Task-level facts in one read (``task/get_detailed_info``): ``status``, ``attemptNr``,
