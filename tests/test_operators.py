@@ -264,6 +264,7 @@ def test_bad_arguments_fail_at_parse_time():
     with pytest.warns(DeprecationWarning, match="target_statuses"):
         sensor = TaskStatusSensor(task_id="x", jedi_task_id=1, target_statuses=("done", "finished"))
     assert sensor.success_statuses == ("done", "finished")
+    assert TaskStatusSensor(task_id="x", jedi_task_id=1, poll_interval=7).poke_interval == 7  # one vocabulary
 
 
 def test_on_kill_kills_the_panda_task(panda_server, hook):

@@ -39,6 +39,7 @@ class TaskStatusSensor(BaseSensorOperator):
     :param failure_statuses: statuses that fail at once (default: failed, broken, aborted,
         exhausted, finished, minus the successes); any other stop status fails too.
     :param not_found_grace: how long the task may stay invisible (only DEFT knows it), in every mode.
+    :param poll_interval: the operators' name for Airflow's ``poke_interval`` (either may be given).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     """
 
@@ -58,8 +59,13 @@ class TaskStatusSensor(BaseSensorOperator):
         deferrable: bool | None = None,
         target_statuses: Sequence[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
+        if poll_interval is not None:  # the operators' word for Airflow's poke_interval
+            if "poke_interval" in kwargs:
+                raise TypeError("give poll_interval or poke_interval, not both")
+            kwargs["poke_interval"] = finite(poll_interval, "poll_interval", 0.01)
         super().__init__(timeout=timeout, **kwargs)
         if target_statuses is not None:
             warnings.warn("TaskStatusSensor(target_statuses=...) is deprecated: use success_statuses",
