@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from airflow_provider_panda.tasks import PrunTask
+
 POLL_INTERVAL = float(os.environ.get("PANDA_EXAMPLE_POLL", "30"))
 PARAMS = {
     "user": os.environ.get("PANDA_EXAMPLE_USER", "alice"),
@@ -19,3 +21,18 @@ PARAMS = {
     # slow choose how the task ends; on a real server it is just part of the name.
     "tag": "demo",
 }
+
+#: The task the examples submit, described as ``prun --exec "echo hello from Airflow" --outDS ...
+#: --nEvents 10 --nEventsPerJob 5`` would. Its fields are templates, rendered per task instance.
+HELLO_TASK = PrunTask(
+    exec="echo hello from Airflow",
+    # The output dataset is also the task's name: unique per run and task, and the tag reaches it.
+    out_ds="user.{{ params.user }}.airflow.{{ dag.dag_id }}.{{ ti.task_id }}.{{ params.tag }}."
+           "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",
+    n_events=10,
+    n_events_per_job=5,
+    site="{{ params.site }}",
+    vo="{{ params.vo }}",
+    memory=2000,
+    max_attempt=1,
+)

@@ -12,25 +12,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from _common import HELLO_TASK as TASK
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
 from airflow_provider_panda.operators.task import RetryTaskOperator, SubmitTaskOperator
 from airflow_provider_panda.sensors.task import TaskStatusSensor
-from airflow_provider_panda.tasks import PrunTask
-
-TASK = PrunTask(
-    exec="echo hello from Airflow",
-    # The output dataset is also the task's name: unique per run, and the tag reaches it.
-    out_ds="user.{{ params.user }}.airflow.{{ dag.dag_id }}.{{ ti.task_id }}.{{ params.tag }}."
-           "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",
-    n_events=10,
-    n_events_per_job=5,
-    site="{{ params.site }}",
-    vo="{{ params.vo }}",
-    memory=2000,
-    max_attempt=1,
-)
 
 with DAG(
     dag_id="panda_auto_retry",
