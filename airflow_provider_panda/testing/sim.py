@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow_provider_panda import api
 from airflow_provider_panda.api import CommandCode, SubmitCode
+from airflow_provider_panda.assets import dataset_scope
 
 OUTCOMES = ("done", "finished", "failed", "broken", "exhausted", "hang")
 #: Outcomes JEDI reaches through 'prepared' (post-processing of finished jobs).
@@ -564,6 +565,90 @@ class PandaSim:
             if job is None or job.status in api.JOB_FINAL:
                 return False, f"PandaID={job_id} not found in active DB"
             return True, f"command={command} set to PandaID={job_id}"
+
+    # --- datasets and files (JEDI_Datasets, JEDI_Dataset_Contents) -------------------------------
+
+    def task_datasets(self, task: Task) -> list[dict[str, Any]]:
+        """The task's datasets as JEDI's refiner makes them from its parameters: one per template
+        with a ``dataset`` (inputs, outputs) and the ``log``; each with its type, container and id."""
+        items = [i for i in task.params.get("jobParameters") or [] if isinstance(i, dict)]
+        if isinstance(task.params.get("log"), dict):
+            items.append(task.params["log"])
+        datasets, seen = [], set()
+        for item in items:
+            name = item.get("dataset")
+            if item.get("type") != "template" or not isinstance(name, str) or name in seen:
+                continue
+            seen.add(name)
+            datasets.append({"name": name, "container": item.get("container") or name, "type": item.get("param_type"),
+                             "template": item.get("value"), "id": task.task_id * 100 + len(datasets) + 1})
+        return datasets
+
+    def _files(self, task: Task, dataset: dict[str, Any]) -> list[dict[str, Any]]:
+        """JEDI_Dataset_Contents of one dataset: an output or log file per job of the task (its
+        template with ``$JEDITASKID`` and ``${SN}`` filled in), or for an input the
+        files another task produced into that container."""
+        if dataset["type"] in ("input", "pseudo_input"):
+            scope_name = dataset["name"].split(":", 1)[-1]
+            for other in self.tasks.values():
+                for produced in self.task_datasets(other) if other.task_id != task.task_id else []:
+                    if produced["type"] == "output" and scope_name in (produced["name"], produced["container"]):
+                        return [dict(f, status="ready") for f in self._files(other, produced)
+                                if f["status"] == "finished"]
+            return []
+        if dataset["type"] not in api.OUTPUT_DATASET_TYPES:
+            return []
+        files = []
+        for serial, panda_id in enumerate(task.job_ids, start=1):
+            job = self.jobs[panda_id]
+            if dataset["type"] == "output" and job.status != "finished":
+                continue  # JEDI keeps only the outputs of finished jobs
+            if job.status not in api.JOB_FINAL:
+                continue
+            lfn = str(dataset["template"] or f"{dataset['name'].rstrip('/')}.${{SN}}")
+            # as JEDI names output files (``${SN}`` and ``${SN/P}`` both six digits, task_complex_module)
+            lfn = (lfn.replace("$JEDITASKID", str(task.task_id)).replace("${SN/P}", f"{serial:06d}")
+                   .replace("${SN}", f"{serial:06d}"))
+            file_id = panda_id * 100 + dataset["id"] % 100
+            files.append({"lfn": lfn, "scope": dataset_scope(dataset["name"]), "id": file_id,
+                          "status": "finished" if job.status == "finished" else "failed"})
+        return files
+
+    def datasets_and_files(self, task_id: int, dataset_types: list[str]) -> list[dict[str, Any]]:
+        """``task/get_datasets_and_files``: the task's datasets of those types with their files."""
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None or task.status == "registered":
+                return []
+            return [{"dataset": {"name": d["name"], "id": d["id"]}, "files": self._files(task, d)}
+                    for d in self.task_datasets(task) if d["type"] in dataset_types]
+
+    def task_details(self, task_id: int, include_parameters: bool, include_status: bool) -> dict[str, Any]:
+        """``task/get_details`` (getJediTaskDetails): containers in and out, file statistics, PandaIDs."""
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None or task.status == "registered":
+                return {}
+            datasets = self.task_datasets(task)
+            ins = [d["container"] for d in datasets if d["type"] == "input"]
+            outs = [d["container"] for d in datasets if d["type"] in api.OUTPUT_DATASET_TYPES]
+            jobs = [self.jobs[j] for j in task.job_ids]
+            counts: dict[str, int] = {}
+            for job in jobs:
+                key = "finished" if job.status == "finished" else "failed" if job.status in api.JOB_FAILED else "picked"
+                counts[key] = counts.get(key, 0) + 1
+            details: dict[str, Any] = {
+                "inDS": ",".join(dict.fromkeys(ins)), "outDS": ",".join(dict.fromkeys(outs)),
+                "statistics": ",".join(f"{k}*{v}" for k, v in counts.items()),
+                "PandaID": list(task.job_ids), "mergeStatus": None, "mergePandaID": [],
+            }
+            if include_status:
+                details["status"] = task.status
+            if include_parameters:
+                details["cliParams"] = task.params.get("cliParams", "")
+            return details
 
     def new_log_name(self) -> str:
         return f"jedilog/lost_file_recovery.{uuid.uuid4()}.log"
