@@ -601,8 +601,6 @@ class PandaSim:
         files = []
         for serial, panda_id in enumerate(task.job_ids, start=1):
             job = self.jobs[panda_id]
-            if dataset["type"] == "output" and job.status != "finished":
-                continue  # JEDI keeps only the outputs of finished jobs
             if job.status not in api.JOB_FINAL:
                 continue
             lfn = str(dataset["template"] or f"{dataset['name'].rstrip('/')}.${{SN}}")
