@@ -123,6 +123,15 @@ def containers_of(task_params: Mapping[str, Any]) -> dict[str, str]:
             for i in items if i.get("type") == "template" and isinstance(i.get("dataset"), str)}
 
 
+def container_of(dataset: str, containers: Mapping[str, str]) -> str:
+    """The container a dataset belongs to: JEDI names the dataset it makes for a container template
+    ``X/`` as ``X.<id>...``, so the longest container whose name prefixes it; else the dataset itself."""
+    if dataset in containers:
+        return containers[dataset]
+    found = [c for c in containers.values() if dataset.startswith(c.rstrip("/") + ".")]
+    return max(found, key=len) if found else dataset
+
+
 def summarize(task_id: int, listings: Mapping[str, list[dict[str, Any]]],
               containers: Mapping[str, str]) -> list[dict[str, Any]]:
     """The XCom ``output_datasets``: one entry per dataset of each type in ``listings`` (the
@@ -136,7 +145,7 @@ def summarize(task_id: int, listings: Mapping[str, list[dict[str, Any]]],
             name = str(dataset.get("name") or "")
             if not name:
                 continue
-            container = containers.get(name, name)
+            container = container_of(name, containers)
             files = [f for f in entry.get("files") or [] if isinstance(f, dict)]
             good = [f for f in files if f.get("status") == "finished"]
             scope = next((str(f["scope"]) for f in files if f.get("scope")), None) or dataset_scope(container)

@@ -50,6 +50,7 @@ def test_outputs_in_xcom_and_asset_events(panda_server, deferrable):
     assert run.states == {"produce": "success"}
     task_id = run.xcom("produce")
     outputs = {o["name"]: o for o in run.xcom("produce", "output_datasets")}
+    assert all(o["dataset"].startswith(o["name"].rstrip("/") + ".") for o in outputs.values())
     assert set(outputs) == {f"{out_ds}_out.txt/", f"{out_ds}_hist.root/", f"{out_ds}.log/"}
     out = outputs[f"{out_ds}_out.txt/"]
     assert (out["type"], out["scope"], out["n_files"], out["n_files_failed"]) == ("output", "user.alice", 4, 0)
@@ -96,8 +97,9 @@ def test_hook_reads_datasets_files_and_details(panda_server, hook):
     task_id = hook.submit_task(PrunTask(exec="x", out_ds=out_ds, outputs=["a.txt"], n_jobs=2).to_params())
     wait_status(hook, task_id, {"done"})
     [listing] = hook.get_datasets_and_files(task_id, ["output"])
-    assert listing["dataset"]["name"] == f"{out_ds}_a.txt/" and len(listing["files"]) == 2
-    assert hook.get_datasets_and_files(task_id) == []  # no input: the server's "No data found for the task"
+    assert listing["dataset"]["name"].startswith(f"{out_ds}_a.txt.") and len(listing["files"]) == 2
+    assert [d["dataset"]["name"] for d in hook.get_datasets_and_files(task_id)] == ["pseudo_dataset"]
+    assert hook.get_datasets_and_files(task_id, ["input"]) == []  # the server's "No data found for the task"
     details = hook.get_task_details(task_id, include_status=True)
     assert details["outDS"] == f"{out_ds}_a.txt/,{out_ds}.log/" and details["status"] == "done"
     with pytest.raises(PandaInputError):
