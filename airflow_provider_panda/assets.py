@@ -135,7 +135,8 @@ def container_of(dataset: str, containers: Mapping[str, str]) -> str:
 def summarize(task_id: int, listings: Mapping[str, list[dict[str, Any]]],
               containers: Mapping[str, str]) -> list[dict[str, Any]]:
     """The XCom ``output_datasets``: one entry per dataset of each type in ``listings`` (the
-    ``task/get_datasets_and_files`` answers by type), with its container, scope, asset URI and file
+    ``task/get_datasets_and_files`` answers by type), with its container (``name``), JEDI's dataset,
+    scope, ``did`` (``scope:container``, what ``in_ds`` takes), asset URI and file
     counts (``n_files`` finished files, ``n_files_failed``, ``n_files_total``) and up to
     :data:`MAX_LISTED_FILES` file names."""
     out = []
@@ -151,7 +152,8 @@ def summarize(task_id: int, listings: Mapping[str, list[dict[str, Any]]],
             scope = next((str(f["scope"]) for f in files if f.get("scope")), None) or dataset_scope(container)
             out.append({
                 "name": container, "dataset": name, "dataset_id": dataset.get("id"), "type": kind,
-                "scope": scope, "uri": dataset_uri(container, scope), "jediTaskID": task_id,
+                "scope": scope, "did": f"{scope}:{container}", "uri": dataset_uri(container, scope),
+                "jediTaskID": task_id,
                 "n_files": len(good), "n_files_failed": sum(f.get("status") in ("failed", "lost") for f in files),
                 "n_files_total": len(files),
                 "files": [str(f.get("lfn")) for f in good[:MAX_LISTED_FILES]],
@@ -160,15 +162,20 @@ def summarize(task_id: int, listings: Mapping[str, list[dict[str, Any]]],
     return out
 
 
-def read_outputs(hook: Any, task_id: int, types: Iterable[str] = api.OUTPUT_DATASET_TYPES) -> list[dict[str, Any]]:
+def read_outputs(hook: Any, task_id: int, types: Iterable[str] = api.OUTPUT_DATASET_TYPES,
+                 task_params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Read a task's output and log datasets with their files (one ``get_datasets_and_files`` per type,
-    so each dataset's type is known, and the task parameters for the container names)."""
+    so each dataset's type is known) and name their containers from the task parameters."""
     listings = {kind: hook.get_datasets_and_files(task_id, [kind]) for kind in types}
+    return summarize(task_id, listings, containers_of(task_params if task_params is not None
+                                                      else _params_or_empty(hook, task_id)))
+
+
+def _params_or_empty(hook: Any, task_id: int) -> Mapping[str, Any]:
     try:
-        containers = containers_of(hook.get_task_params(task_id))
-    except Exception:  # noqa: BLE001 - the container names are a nicety; the dataset names suffice
-        containers = {}
-    return summarize(task_id, listings, containers)
+        return hook.get_task_params(task_id)
+    except Exception:  # noqa: BLE001 - container and input names are a nicety; the dataset names suffice
+        return {}
 
 
 def event_extra(output: Mapping[str, Any], status: str, monitor_url: str) -> dict[str, Any]:
@@ -243,12 +250,18 @@ def publish_outputs(operator: Any, context: Mapping[str, Any], task_id: int,
     hook = operator.hook
     outlets = getattr(operator, "outlets", None) or []
     try:
-        outputs = read_outputs(hook, task_id)
+        params = _params_or_empty(hook, task_id)
+        outputs = read_outputs(hook, task_id, task_params=params)
     except Exception as exc:
         if _wants_events(outlets):
             raise
         operator.log.warning("Could not read the outputs of PanDA task %s: %s", task_id, exc)
         return []
+    from airflow_provider_panda.lineage import input_datasets
+
+    # kept on the operator for get_openlineage_facets_on_complete (lineage.py)
+    operator.panda_lineage = {"task_id": task_id, "status": status, "monitor_url": hook.monitor_url(task_id),
+                              "inputs": input_datasets(params), "outputs": outputs}
     context["ti"].xcom_push(key=OUTPUTS_KEY, value=outputs)
     for output in outputs:
         operator.log.info("PanDA task %s produced %s %s (%s): %d files, %d failed", task_id, output["type"],
@@ -257,3 +270,11 @@ def publish_outputs(operator: Any, context: Mapping[str, Any], task_id: int,
     if announced:
         operator.log.info("Asset events for %s", ", ".join(announced))
     return outputs
+
+
+def output_dids_of(ti: Any, task_id: str) -> str:
+    """Comma-joined ``scope:container`` of the output datasets (not the log) an upstream PanDA task
+    pushed as ``output_datasets``: a Jinja filter for ``in_ds`` (``{{ ti | panda_outputs('generate') }}``
+    with ``user_defined_filters={"panda_outputs": output_dids_of}``)."""
+    outputs = ti.xcom_pull(task_ids=task_id, key=OUTPUTS_KEY) or []
+    return ",".join(o["did"] for o in outputs if o.get("type") == "output")

@@ -250,6 +250,12 @@ class _PandaTaskWaiter(_PandaOperator):
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server")
         raise task_failed(self.hook, task_id, status, self.log)
 
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the task's input and output datasets and a ``panda`` run facet (lineage.py)."""
+        from airflow_provider_panda.lineage import operator_lineage
+
+        return operator_lineage(self)
+
     def _act_on_timeout(self, task_id: int, status: str | None) -> None:
         action = ""
         try:
