@@ -24,7 +24,7 @@ def test_consumer_dag_runs_on_the_producers_asset(tmp_path):
                 rows = query(cluster.db, "SELECT state, run_type FROM dag_run WHERE dag_id='panda_consume_dataset'")
                 return [r for r in rows if r[0] in ("success", "failed")]
 
-            [(state, run_type)] = wait_until(consumer_ended, 300, "the consumer's run to end", cluster.procs)
+            [(state, run_type)] = wait_until(consumer_ended, 200, "the consumer's run to end", cluster.procs)
             assert (state, run_type) == ("success", "asset_triggered"), cluster.ti_log("panda_consume_dataset",
                                                                                        "analyse")[-3000:]
             [(producer_state,)] = query(cluster.db, "SELECT state FROM dag_run WHERE dag_id='panda_produce_dataset'")
