@@ -3,6 +3,8 @@ DAG run emits (``dag.test()`` against the local PanDA server)."""
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from urllib.parse import urlsplit
 
@@ -138,3 +140,35 @@ def test_malformed_rucio_uris_are_refused(uri):
         return  # Airflow itself drops user info (with a warning) before the normaliser sees the URI
     with pytest.raises(ValueError):
         Asset(uri)
+
+
+@pytest.mark.skipif(os.environ.get("REAL_PANDA") != "1", reason="needs REAL_PANDA=1")
+def test_real_server_outputs_in_xcom_and_asset_event(real_server, monkeypatch):
+    """On the real panda-server + JEDI (stand-in pilot reporting the output files): a deferred
+    SubmitTaskOperator pushes both containers and emits the output's asset event with its extra."""
+    from backends import RealBackend
+    from test_real_flows import POLL, pilot_for
+
+    backend = RealBackend(real_server)
+    monkeypatch.setenv("AIRFLOW_CONN_PANDA_DEFAULT", json.dumps(backend.connection()))
+    params = backend.task_params("flowout")
+    name = params["taskName"]
+    params["jobParameters"] = [*params["jobParameters"], {
+        "type": "template", "param_type": "output", "value": "user.alice.$JEDITASKID._${SN/P}.out.txt",
+        "dataset": f"{name}_out.txt/", "container": f"{name}_out.txt/", "hidden": True}]
+    pilot = pilot_for(backend, name, ["done"])
+    run = run_dag(f"""
+from airflow.sdk import AssetAlias
+SubmitTaskOperator(task_id='submit', task_params=$params, deferrable=True, outlets=[AssetAlias('real-{name}')],
+                   {POLL})
+""", params=repr(params))
+    pilot.join(5)
+    assert not pilot.errors and run.states == {"submit": "success"}
+    task_id = run.xcom("submit")
+    outputs = {o["type"]: o for o in run.xcom("submit", "output_datasets")}
+    out = outputs["output"]
+    assert out["name"] == f"{name}_out.txt/" and out["dataset"].startswith(f"{name}_out.txt.")
+    assert out["files"] == [f"user.alice.{task_id}._00000{n}.out.txt" for n in range(1, 3)]
+    assert outputs["log"]["name"] == f"{name}.log/" and outputs["log"]["n_files"] == 2
+    [extra] = asset_events(out["uri"])
+    assert extra["jediTaskID"] == task_id and extra["n_files"] == 2 and extra["status"] == "done"
