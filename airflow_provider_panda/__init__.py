@@ -123,6 +123,14 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.triggers.task"]}
         ],
         "extra-links": ["airflow_provider_panda.links.PandaTaskLink"],
+        "asset-uris": [
+            {
+                "schemes": ["rucio"],
+                "handler": "airflow_provider_panda.assets.sanitize_uri",
+                "factory": "airflow_provider_panda.assets.create_asset",
+                "to_openlineage_converter": "airflow_provider_panda.assets.convert_asset_to_openlineage",
+            }
+        ],
         "task-decorators": [
             {"name": "panda", "class-name": "airflow_provider_panda.decorators.panda.panda_task"}
         ],

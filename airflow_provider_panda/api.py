@@ -49,6 +49,13 @@ TASK_DETAILED_INFO = Endpoint("task/get_detailed_info", "GET")
 #: The caller's tasks matching field filters (``{"taskName": name}``), each as get_detailed_info has
 #: it; only tasks modified within the server's 90-day window are searched.
 TASK_DETAILED_INFO_SINCE = Endpoint("task/get_tasks_detailed_info_since", "GET")
+#: A task's datasets of the given types (``dataset_types``, default input) with their files:
+#: ``[{"dataset": {"name", "id"}, "files": [{"lfn", "scope", "id", "status"}]}]``; ``success: false``
+#: "No data found for the task" when it has none. ``dataset_only`` is ignored by the server.
+TASK_DATASETS_AND_FILES = Endpoint("task/get_datasets_and_files", "GET")
+#: A task's digest (getJediTaskDetails): ``inDS`` and ``outDS`` (comma-joined container names),
+#: ``statistics``, ``PandaID``; ``status`` with ``include_status``, ``cliParams`` with ``include_parameters``.
+TASK_DETAILS = Endpoint("task/get_details", "GET")
 JOB_DESCRIPTION = Endpoint("job/get_description", "POST")
 JOB_DESCRIPTION_ARCHIVE = Endpoint("job/get_description_incl_archive", "POST")
 JOB_KILL = Endpoint("job/kill", "POST")
@@ -63,7 +70,7 @@ PILOT_UPDATE_JOB = Endpoint("pilot/update_job", "POST", production=True)
 ENDPOINTS: tuple[Endpoint, ...] = (
     IS_ALIVE, TASK_SUBMIT, TASK_GET_STATUS, TASK_GET_PARAMS, TASK_GET_JOB_IDS, TASK_KILL,
     TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, TASK_DETAILED_INFO,
-    TASK_DETAILED_INFO_SINCE, JOB_DESCRIPTION,
+    TASK_DETAILED_INFO_SINCE, TASK_DATASETS_AND_FILES, TASK_DETAILS, JOB_DESCRIPTION,
     JOB_DESCRIPTION_ARCHIVE, JOB_KILL, JOB_METADATA, JOB_SET_COMMAND, FILE_RECOVERY, FILE_UPLOAD,
     FILE_VALIDATE, PILOT_ACQUIRE_JOBS, PILOT_UPDATE_JOB,
 )
@@ -189,9 +196,15 @@ MESSAGE_TASK_OWNER = "not the task owner or no production role"
 MESSAGE_TASK_ID = "jediTaskID must be an integer"
 MESSAGE_TASK_NOT_FOUND = "Task not found"
 MESSAGE_NO_METADATA = "No metadata found"
+MESSAGE_NO_DATASETS = "No data found for the task"
+MESSAGE_NO_DETAILS = "Task not found or error retrieving the details"
 MESSAGE_RECOVERY_ACCEPTED = "The request was accepted and will be processed in a few minutes"
 MESSAGE_TOKEN_FAILED = "Token authentication failed."
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: JEDI's dataset types of what a task produces (JEDI_Datasets.type).
+OUTPUT_DATASET_TYPES: tuple[str, ...] = ("output", "log")
+#: What ``task/get_datasets_and_files`` lists without ``dataset_types``.
+DEFAULT_DATASET_TYPES: tuple[str, ...] = ("input", "pseudo_input")
 _TASK_ID_IN_MESSAGE = re.compile(r"jediTaskID=(\d+)")
 
 

@@ -267,6 +267,37 @@ def get_task_info(task_id: int) -> Call:
     return Call(api.TASK_DETAILED_INFO, {"task_id": check_id(task_id)}, _typed(dict, "task details"))
 
 
+_DATASET_TYPE = re.compile(r"[a-z][a-z_]{0,39}")
+
+
+def _datasets_and_files(env: dict[str, Any]) -> list[dict[str, Any]]:
+    if not env.get("success") and str(env.get("message") or "") == api.MESSAGE_NO_DATASETS:
+        return []  # the server's answer for a task without datasets of those types (or no such task)
+    data = _data(env)
+    if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("dataset"), dict)
+                                              for d in data):
+        raise PandaResponseError("datasets and files: expected a list of {dataset, files}")
+    return data
+
+
+def get_datasets_and_files(task_id: int, dataset_types: Iterable[str] = api.DEFAULT_DATASET_TYPES) -> Call:
+    """A task's datasets of some types with their files; ``[]`` when it has none of them."""
+    if isinstance(dataset_types, str) or not isinstance(dataset_types, Iterable):
+        raise PandaInputError("dataset_types must be a list of dataset types such as ['output', 'log']")
+    types = list(dataset_types)
+    if not types or not all(isinstance(t, str) and _DATASET_TYPE.fullmatch(t) for t in types):
+        raise PandaInputError(f"dataset_types must be non-empty JEDI dataset types, got {types!r:.80}")
+    return Call(api.TASK_DATASETS_AND_FILES, {"task_id": check_id(task_id), "dataset_types": types},
+                _datasets_and_files)
+
+
+def get_task_details(task_id: int, include_parameters: bool = False, include_status: bool = False) -> Call:
+    """A task's digest: ``inDS``/``outDS`` (comma-joined containers), ``statistics``, ``PandaID``."""
+    payload = {"task_id": check_id(task_id), "include_parameters": check_bool(include_parameters, "include_parameters"),
+               "include_status": check_bool(include_status, "include_status")}
+    return Call(api.TASK_DETAILS, payload, _typed(dict, "task details"))
+
+
 def find_tasks_by_name(task_name: str) -> Call:
     """The caller's tasks named ``task_name`` (modified within the server's lookup window)."""
     if not isinstance(task_name, str) or not task_name.strip():

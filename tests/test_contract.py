@@ -257,3 +257,44 @@ def test_put_file(hook, tmp_path):
 
 def test_user_name_from_token(hook):
     assert hook.get_user_name_from_token() == ("Alice Analyst", ["atlas"], "alice")
+
+
+def test_output_datasets_and_files(backend, hook):
+    """task/get_datasets_and_files and task/get_details: what a finished task produced, by type,
+    and the reading the operators' ``output_datasets`` XCom is made of (assets.read_outputs)."""
+    from airflow_provider_panda import assets
+
+    params = backend.task_params("outputs")
+    name = params["taskName"]
+    output = {"type": "template", "param_type": "output", "value": "user.alice.$JEDITASKID._${SN/P}.out.txt",
+              "dataset": f"{name}_out.txt/", "container": f"{name}_out.txt/", "hidden": True}
+    params["jobParameters"] = [*params["jobParameters"], output]
+    task_id = hook.submit_task(params)
+    wait_status(backend, hook, task_id, {"running"})
+    [running] = hook.get_datasets_and_files(task_id, ["output"])
+    assert running["dataset"]["name"].startswith(f"{name}_out.txt.")  # JEDI's dataset in the container
+    assert {f["status"] for f in running["files"]} <= {"running", "defined", "ready"}
+    backend.finish_attempt(task_id, "done")
+    assert wait_status(backend, hook, task_id, api.TASK_STOPPED) == "done"
+    [out] = hook.get_datasets_and_files(task_id, ["output"])
+    [log] = hook.get_datasets_and_files(task_id, ["log"])
+    assert log["dataset"]["name"].startswith(f"{name}.log.")
+    for listing in (out, log):
+        assert isinstance(listing["dataset"]["id"], int) and len(listing["files"]) == N_JOBS
+        assert all(set(f) == {"lfn", "scope", "id", "status"} and f["status"] == "finished" for f in listing["files"])
+    assert sorted(f["lfn"] for f in out["files"]) == [f"user.alice.{task_id}._00000{n}.out.txt"
+                                                       for n in range(1, N_JOBS + 1)]
+    assert len(hook.get_datasets_and_files(task_id, ["output", "log"])) == 2
+    assert hook.get_datasets_and_files(task_id, ["input"]) == []  # "No data found for the task"
+    assert hook.get_datasets_and_files(2**40, ["output"]) == []
+    details = hook.get_task_details(task_id, include_parameters=True, include_status=True)
+    assert details["status"] == "done" and details["inDS"] == ""
+    assert {f"{name}_out.txt/", f"{name}.log/"} <= set(details["outDS"].split(","))
+    assert sorted(details["PandaID"]) == sorted(hook.get_job_ids(task_id)) and "finished*" in details["statistics"]
+    assert hook.get_task_details(2**40)["outDS"] == ""  # an unknown task: an empty digest, not an error
+    with pytest.raises(PandaNotFoundError):
+        hook.get_task_details(2**40, include_status=True)
+    summary = {o["name"]: o for o in assets.read_outputs(hook, task_id)}
+    assert summary[f"{name}_out.txt/"]["n_files"] == N_JOBS and summary[f"{name}_out.txt/"]["type"] == "output"
+    assert summary[f"{name}.log/"]["type"] == "log"
+    assert summary[f"{name}_out.txt/"]["uri"] == f"rucio://user.alice/{name}_out.txt"

@@ -329,6 +329,18 @@ class PandaHook(BaseHook):
         ``stateChangeTime``, ``errorDialog``, ``nFiles``, ``nFilesFinished``, ``nFilesFailed``, ..."""
         return self.run(calls.get_task_info(task_id))
 
+    def get_datasets_and_files(self, task_id: int,
+                               dataset_types: Iterable[str] = api.DEFAULT_DATASET_TYPES) -> list[dict[str, Any]]:
+        """A task's datasets of some types (e.g. ``["output", "log"]``) with their files
+        (``task/get_datasets_and_files``): ``[{"dataset": {"name", "id"}, "files": [...]}]``, ``[]`` if none."""
+        return self.run(calls.get_datasets_and_files(task_id, dataset_types))
+
+    def get_task_details(self, task_id: int, include_parameters: bool = False,
+                         include_status: bool = False) -> dict[str, Any]:
+        """A task's digest (``task/get_details``): ``inDS``, ``outDS`` (comma-joined containers),
+        ``statistics``, ``PandaID``; ``status`` and ``cliParams`` when asked."""
+        return self.run(calls.get_task_details(task_id, include_parameters, include_status))
+
     def find_tasks_by_name(self, task_name: str) -> list[dict[str, Any]]:
         """The caller's tasks called ``task_name`` (one request; PanDA searches the last 90 days)."""
         return self.run(calls.find_tasks_by_name(task_name))
@@ -539,6 +551,10 @@ class AsyncPandaClient:
 
     async def get_task_info(self, task_id: int) -> dict[str, Any]:
         return await self.run(calls.get_task_info(task_id))
+
+    async def get_datasets_and_files(self, task_id: int,
+                                     dataset_types: Iterable[str] = api.DEFAULT_DATASET_TYPES) -> list[dict[str, Any]]:
+        return await self.run(calls.get_datasets_and_files(task_id, dataset_types))
 
     async def get_job_ids(self, task_id: int) -> list[int]:
         return await self.run(calls.get_job_ids(task_id))

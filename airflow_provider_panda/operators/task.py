@@ -157,6 +157,9 @@ class _PandaOperator(BaseOperator):
 class _PandaTaskWaiter(_PandaOperator):
     """An operator that can wait on its task: sync polling or deferral, timeout and its action."""
 
+    #: Whether a successful wait reads the task's output datasets (XCom, asset events).
+    publishes_outputs = False
+
     def __init__(
         self,
         *,
@@ -247,12 +250,22 @@ class _PandaTaskWaiter(_PandaOperator):
 
         if verdict == SUCCESS:
             self.log.info("PanDA task %s ended %s: %s", task_id, status, self.hook.monitor_url(task_id))
+            if self.publishes_outputs:  # XCom output_datasets and asset events (assets.py)
+                from airflow_provider_panda.assets import publish_outputs
+
+                publish_outputs(self, context, task_id, status)
             return task_id
         if verdict == TIMEOUT:
             self._act_on_timeout(task_id, status)
         if verdict == ERROR:
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server")
         raise task_failed(self.hook, task_id, status, self.log)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the task's input and output datasets and a ``panda`` run facet (lineage.py)."""
+        from airflow_provider_panda.lineage import operator_lineage
+
+        return operator_lineage(self)
 
     def _act_on_timeout(self, task_id: int, status: str | None) -> None:
         action = ""
@@ -324,8 +337,13 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     :param cancel_on_kill: kill the PanDA task when the Airflow task is killed (marked failed or
         success, cleared while running, or killed).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+
+    After a successful wait it pushes ``output_datasets`` (the output and log datasets with their
+    file counts) and, for ``AssetAlias`` or ``rucio://`` outlets, asset events for the output
+    datasets (:mod:`airflow_provider_panda.assets`).
     """
 
+    publishes_outputs = True
     template_fields: Sequence[str] = ("task_params", "task", "retry_new_params", "parent_task_id")
     template_ext: Sequence[str] = (".json",)
     template_fields_renderers = {"task_params": "json", "task": "json", "retry_new_params": "json"}
@@ -584,6 +602,8 @@ class RetryTaskOperator(_PandaTaskWaiter):
 
     Returns the jediTaskID. A task that is already ``done`` has nothing to retry: that is success.
     """
+
+    publishes_outputs = True
 
     template_fields: Sequence[str] = ("jedi_task_id", "new_params")
     template_fields_renderers = {"new_params": "json"}

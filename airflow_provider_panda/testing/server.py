@@ -198,6 +198,21 @@ class Handlers:
                 return api.envelope(False, "filters must be a JSON object")
         return api.envelope(True, data=self.sim.find(caller.user, criteria, n_tasks))
 
+    def get_datasets_and_files(self, caller: Caller, task_id: int,
+                               dataset_types: typing.List[str] = ("input", "pseudo_input"),  # noqa: UP006
+                               dataset_only: bool = False) -> dict:
+        data = self.sim.datasets_and_files(task_id, list(dataset_types))
+        if not data:
+            return api.envelope(False, api.MESSAGE_NO_DATASETS)
+        return api.envelope(True, data=data)
+
+    def get_details(self, caller: Caller, task_id: int, include_parameters: bool = False,
+                    include_status: bool = False) -> dict:
+        details = self.sim.task_details(task_id, include_parameters, include_status)
+        if not details:
+            return api.envelope(False, api.MESSAGE_NO_DETAILS)
+        return api.envelope(True, data=details)
+
     # job
     def get_description(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
         return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))

@@ -609,5 +609,97 @@ class PandaSim:
                 return False, f"PandaID={job_id} not found in active DB"
             return True, f"command={command} set to PandaID={job_id}"
 
+    # --- datasets and files (JEDI_Datasets, JEDI_Dataset_Contents) -------------------------------
+
+    def task_datasets(self, task: Task) -> list[dict[str, Any]]:
+        """The task's datasets as JEDI makes them from its parameters: one per template with a
+        ``dataset`` (inputs, outputs) and the ``log``, or a pseudo input for a task without input. An
+        output or log container ``X/`` becomes the dataset ``X.<id>.<id>``, as panda-server 1.0.4 + JEDI
+        name it (seen on the real server)."""
+        items = [i for i in task.params.get("jobParameters") or [] if isinstance(i, dict)]
+        if isinstance(task.params.get("log"), dict):
+            items.append(task.params["log"])
+        datasets: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for item in items:
+            name = item.get("dataset")
+            if item.get("type") != "template" or not isinstance(name, str) or name in seen:
+                continue
+            seen.add(name)
+            kind = item.get("param_type")
+            ident = task.task_id * 100 + len(datasets) + 1
+            real = f"{name[:-1]}.{ident}.{ident}" if kind in api.OUTPUT_DATASET_TYPES and name.endswith("/") else name
+            datasets.append({"name": real, "container": item.get("container") or name, "type": kind,
+                             "template": item.get("value"), "id": ident})
+        if not any(d["type"] == "input" for d in datasets):
+            datasets.insert(0, {"name": "pseudo_dataset", "container": None, "type": "pseudo_input",
+                                "template": "pseudo_lfn", "id": task.task_id * 100})
+        return datasets
+
+    def _files(self, task: Task, dataset: dict[str, Any]) -> list[dict[str, Any]]:
+        """JEDI_Dataset_Contents of one dataset: a row per job of the task, its status following the
+        job's (``running``, then ``finished`` or ``failed``). An output or log file is named from its
+        template with ``${SN}`` filled in, and ``$JEDITASKID`` once the job ended (as JEDI does); an
+        input lists the files another task produced into that container."""
+        if dataset["type"] == "input":
+            name = dataset["name"].split(":", 1)[-1]
+            for other in self.tasks.values():
+                for produced in self.task_datasets(other) if other.task_id != task.task_id else []:
+                    if produced["type"] == "output" and name.rstrip("/") == produced["container"].rstrip("/"):
+                        return [dict(f, status="ready") for f in self._files(other, produced)
+                                if f["status"] == "finished"]
+            return []
+        files = []
+        for serial, panda_id in enumerate(task.job_ids, start=1):
+            job = self.jobs[panda_id]
+            status = ("finished" if job.status == "finished" else "failed" if job.status in api.JOB_FAILED
+                      else "running")
+            lfn = str(dataset["template"] or f"{dataset['name']}.${{SN}}")
+            lfn = lfn.replace("${SN/P}", f"{serial:06d}").replace("${SN}", f"{serial:06d}")
+            if status != "running":
+                lfn = lfn.replace("$JEDITASKID", str(task.task_id))
+            files.append({"lfn": lfn, "scope": None, "id": panda_id * 100 + dataset["id"] % 100, "status": status})
+        return files
+
+    def datasets_and_files(self, task_id: int, dataset_types: list[str]) -> list[dict[str, Any]]:
+        """``task/get_datasets_and_files``: the task's datasets of those types with their files."""
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None or task.status == "registered":
+                return []
+            return [{"dataset": {"name": d["name"], "id": d["id"]}, "files": self._files(task, d)}
+                    for d in self.task_datasets(task) if d["type"] in dataset_types]
+
+    def task_details(self, task_id: int, include_parameters: bool, include_status: bool) -> dict[str, Any]:
+        """``task/get_details`` (getJediTaskDetails): containers in and out, file statistics, PandaIDs.
+        An unknown task gives an empty digest, or nothing (an error) when its status is asked for."""
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None or task.status == "registered":
+                if include_status:
+                    return {}
+                return {"inDS": "", "outDS": "", "statistics": "", "PandaID": [], "mergeStatus": None,
+                        "mergePandaID": []}
+            datasets = self.task_datasets(task)
+            ins = [d["container"] for d in datasets if d["type"] == "input"]
+            outs = [d["container"] for d in datasets if d["type"] in api.OUTPUT_DATASET_TYPES]
+            counts: dict[str, int] = {}
+            for job in (self.jobs[j] for j in task.job_ids):
+                key = job.status if job.status in ("finished", "activated", "running") else (
+                    "failed" if job.status in api.JOB_FAILED else "picked")
+                counts[key] = counts.get(key, 0) + 1
+            details: dict[str, Any] = {
+                "inDS": ",".join(dict.fromkeys(ins)), "outDS": ",".join(dict.fromkeys(outs)),
+                "statistics": ",".join(f"{k}*{v}" for k, v in counts.items()),
+                "PandaID": list(task.job_ids), "mergeStatus": None, "mergePandaID": [],
+            }
+            if include_status:
+                details["status"] = task.status
+            if include_parameters:
+                details["cliParams"] = task.params.get("cliParams", "")
+            return details
+
     def new_log_name(self) -> str:
         return f"jedilog/lost_file_recovery.{uuid.uuid4()}.log"

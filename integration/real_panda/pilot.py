@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 import zlib
 from datetime import datetime, timezone
 from typing import Any
@@ -45,6 +46,11 @@ class StandInPilot:
         log_file = job["logFile"]
         report = {log_file: {"guid": job["logGUID"], "fsize": 1024, "adler32": f"{zlib.adler32(log_file.encode()):08x}",
                              "surl": f"file:///tmp/stand-in-pilot/{log_file}"}}
+        if succeed:  # the job's output files too, so the server registers them (as a real pilot reports them)
+            for name in str(job.get("outFiles") or "").split(","):
+                if name and name != log_file:
+                    report[name] = {"guid": str(uuid.uuid4()), "fsize": 1024, "surl": f"file:///tmp/stand-in-pilot/{name}",
+                                    "adler32": f"{zlib.adler32(name.encode()):08x}"}
         final = {**base, "job_status": "finished" if succeed else "failed", "start_time": now, "end_time": now,
                  "cpu_consumption_time": 1, "n_events": 5, "attempt_nr": job.get("attemptNr", 1),
                  "job_output_report": json.dumps(report), "trans_exit_code": 0 if succeed else 1}
