@@ -1,8 +1,10 @@
-"""The PanDA REST API, written once: endpoints, envelope, codes, statuses and server messages.
+"""The PanDA REST API, written once: endpoints, codes, statuses and what answers mean.
 
 Every caller (the sync hook, the trigger, the local server, the tests) takes paths, codes and
-status lists from here. Facts come from panda-server 1.0.4 (``pandaserver/api/v1``) and
-panda-client 2.2.0; see ``../shared/panda-api.md``.
+status lists from here. What only a server writes (its messages, the envelope) is in
+:mod:`airflow_provider_panda.testing.messages`; the pilot's endpoints are the harness's.
+Facts come from panda-server 1.0.4 (``pandaserver/api/v1``) and panda-client 2.2.0; see
+``../shared/panda-api.md``.
 """
 
 from __future__ import annotations
@@ -64,15 +66,13 @@ JOB_SET_COMMAND = Endpoint("job/set_command", "POST", production=True)
 FILE_RECOVERY = Endpoint("file_server/upload_file_recovery_request", "POST", task_owner=True)
 FILE_UPLOAD = Endpoint("file_server/upload_cache_file", "POST")
 FILE_VALIDATE = Endpoint("file_server/validate_cache_file", "POST")
-PILOT_ACQUIRE_JOBS = Endpoint("pilot/acquire_jobs", "POST", production=True)
-PILOT_UPDATE_JOB = Endpoint("pilot/update_job", "POST", production=True)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     IS_ALIVE, TASK_SUBMIT, TASK_GET_STATUS, TASK_GET_PARAMS, TASK_GET_JOB_IDS, TASK_KILL,
     TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, TASK_DETAILED_INFO,
     TASK_DETAILED_INFO_SINCE, TASK_DATASETS_AND_FILES, TASK_DETAILS, JOB_DESCRIPTION,
     JOB_DESCRIPTION_ARCHIVE, JOB_KILL, JOB_METADATA, JOB_SET_COMMAND, FILE_RECOVERY, FILE_UPLOAD,
-    FILE_VALIDATE, PILOT_ACQUIRE_JOBS, PILOT_UPDATE_JOB,
+    FILE_VALIDATE,
 )
 
 
@@ -205,6 +205,8 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 OUTPUT_DATASET_TYPES: tuple[str, ...] = ("output", "log")
 #: What ``task/get_datasets_and_files`` lists without ``dataset_types``.
 DEFAULT_DATASET_TYPES: tuple[str, ...] = ("input", "pseudo_input")
+#: How a submission answer that re-executes an existing task begins (code 3).
+INCREMENTAL_PREFIX = "reactivation accepted."
 _TASK_ID_IN_MESSAGE = re.compile(r"jediTaskID=(\d+)")
 
 
@@ -214,66 +216,34 @@ def task_id_in_message(message: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def command_registered_message(command: str, task_id: int) -> str:
-    return f"command={command} is registered for task ID {task_id}. will be executed in a few minutes"
 
 
-def command_rejected_message(command: str, status: str, extra: str = "") -> str:
-    return f"Command rejected: the {command} command is not accepted if the task is in {status} status {extra}"
 
 
-def command_not_found_message(task_id: int) -> str:
-    return f"jediTaskID={task_id} not found"
 
 
-def submit_new_message(task_id: int) -> str:
-    return f"succeeded. new jediTaskID={task_id}"
 
 
-def submit_duplicate_message(task_id: int, status: str, task_name: str) -> str:
-    return (
-        f"jediTaskID={task_id} is in the {status} state for outDS={task_name}. "
-        "You can re-submit the task with new parameters for the same or another input "
-        "once it goes into finished/failed/done. "
-        "Or you can retry the task once it goes into running/finished/failed/done. "
-        "Note that retry != resubmission according to "
-        "https://twiki.cern.ch/twiki/bin/view/PanDA/PandaJEDI#Task_retry_and_resubmission "
-    )
 
 
-def submit_incremental_message(task_id: int, status: str) -> str:
-    return (
-        "reactivation accepted. "
-        f"jediTaskID={task_id} (currently in {status} state) will be re-executed with old and/or new input"
-    )
 
 
 def is_incremental_message(message: str | None) -> bool:
     """Whether a submission answer says an existing finished task will be re-executed (code 3)."""
-    return (message or "").startswith("reactivation accepted.")
+    return (message or "").startswith(INCREMENTAL_PREFIX)
 
 
-def retry_active_message(status: str) -> str:
-    return f"retry has been triggered for failed jobs while the task is still {status}"
 
 
-# --- envelope ---------------------------------------------------------------------------------
+# --- answers ----------------------------------------------------------------------------------
 
 
-def envelope(success: bool, message: str = "", data: Any = None) -> dict[str, Any]:
-    """The JSON body of every handled call."""
-    return {"success": success, "message": message, "data": data}
 
 
-def encode_special(obj: Any) -> Any:
-    """``json.dumps`` default: datetimes as ``{"__datetime__": iso}``, as the server writes them."""
-    if isinstance(obj, datetime):
-        return {"__datetime__": obj.isoformat()}
-    raise TypeError(f"Type not serializable: {type(obj).__name__}")
 
 
 def decode_special(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook reversing :func:`encode_special`."""
+    """``json.loads`` object hook: datetimes the server writes as ``{"__datetime__": iso}``."""
     if "__datetime__" in obj and len(obj) == 1:
         return datetime.fromisoformat(obj["__datetime__"])
     return obj

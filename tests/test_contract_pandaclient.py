@@ -18,6 +18,7 @@ from conftest import params_with_outcomes, task_params, wait_status
 
 from airflow_provider_panda import api
 from airflow_provider_panda.exceptions import PandaCommandRejected, PandaDuplicateTaskError
+from airflow_provider_panda.testing import messages
 
 pytest.importorskip("pandaclient")
 WITNESS = Path(__file__).with_name("pandaclient_witness.py")
@@ -108,7 +109,7 @@ def test_retry(client, hook, panda_server):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "pcretry"))
     wait_status(hook, task_id, {"failed"})
     [(status, (code, message))] = client(("retryTask", [task_id], {"properErrorCode": True}))
-    assert status == 0 and code == 0 and message == api.command_registered_message("retry", task_id)
+    assert status == 0 and code == 0 and message == messages.command_registered_message("retry", task_id)
     wait_status(hook, task_id, {"done"})
     [(status, (code, message))] = client(("retryTask", [task_id]))
     with pytest.raises(PandaCommandRejected) as info:

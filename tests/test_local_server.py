@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from airflow_provider_panda import api
+from airflow_provider_panda.testing import messages
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_unknown_method_is_403_plain_text(http):
 
 
 def test_wrong_http_method(http):
-    assert http("POST", "task/get_status", json={"task_id": 1}).json() == api.envelope(
+    assert http("POST", "task/get_status", json={"task_id": 1}).json() == messages.envelope(
         False, "expecting GET, received POST")
 
 
@@ -55,7 +56,7 @@ def test_unknown_argument_and_bad_cast(http):
 
 
 def test_no_token_is_not_secure(http):
-    assert http("GET", "task/get_status", token_user=None, params={"task_id": 1}).json() == api.envelope(
+    assert http("GET", "task/get_status", token_user=None, params={"task_id": 1}).json() == messages.envelope(
         False, api.MESSAGE_SSL)
 
 
@@ -99,7 +100,7 @@ def test_command_line_prints_a_usable_connection():
         headers = {"Accept": "application/json", "Authorization": f"Bearer {conn['password']}",
                    "Origin": conn["extra"]["vo"]}
         answer = requests.get(conn["host"] + "/api/v1/task/get_status", params={"task_id": 1}, headers=headers)
-        assert answer.json() == api.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        assert answer.json() == messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
     finally:
         proc.terminate()
         proc.wait(timeout=10)

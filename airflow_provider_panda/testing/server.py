@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from airflow_provider_panda import api
+from airflow_provider_panda.testing import messages
 from airflow_provider_panda.testing.sim import PandaSim, User
 
 DEFAULT_VO = "atlas"
@@ -115,34 +116,34 @@ class Handlers:
 
     # system
     def is_alive(self, caller: Caller) -> dict:
-        return api.envelope(True)
+        return messages.envelope(True)
 
     # task
     def submit(self, caller: Caller, task_parameters: dict, parent_tid: int = None) -> dict:
         code, message = self.sim.submit(task_parameters, caller.user, caller.prod, parent_tid)
         if code not in api.SUBMIT_SUCCESS_CODES:
-            return api.envelope(False, message, int(code))
-        return api.envelope(True, message, api.task_id_in_message(message))
+            return messages.envelope(False, message, int(code))
+        return messages.envelope(True, message, api.task_id_in_message(message))
 
     def get_status(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
         if task is None:
-            return api.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
-        return api.envelope(True, data=task.status)
+            return messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        return messages.envelope(True, data=task.status)
 
     def get_task_parameters(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
         if task is None:
-            return api.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
-        return api.envelope(True, data=task.params)
+            return messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        return messages.envelope(True, data=task.params)
 
     def get_job_ids(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
-        return api.envelope(True, data=task.all_job_ids if task else [])
+        return messages.envelope(True, data=task.all_job_ids if task else [])
 
     def _command(self, caller: Caller, task_id: int, command: str, **kwargs: Any) -> dict:
         code, message = self.sim.command(task_id, command, caller.user, caller.prod, **kwargs)
-        return api.envelope(code == 0, message, int(code))
+        return messages.envelope(code == 0, message, int(code))
 
     def kill(self, caller: Caller, task_id: int, broadcast: bool = False) -> dict:
         return self._command(caller, task_id, "kill")
@@ -158,8 +159,8 @@ class Handlers:
         else:
             code, message = self.sim.command(task_id, "retry", caller.user, caller.prod)
             if code == api.CommandCode.RETRY_ACTIVE:
-                code, message = 0, api.retry_active_message(message)
-        return api.envelope(True, message, int(code))  # retry always says success: true
+                code, message = 0, messages.retry_active_message(message)
+        return messages.envelope(True, message, int(code))  # retry always says success: true
 
     def resume(self, caller: Caller, task_id: int) -> dict:
         return self._command(caller, task_id, "resume")
@@ -167,24 +168,24 @@ class Handlers:
     def reactivate(self, caller: Caller, task_id: int, keep_attempt_nr: bool = False,
                    trigger_job_generation: bool = False) -> dict:
         code, message = self.sim.reactivate(task_id)
-        return api.envelope(code == 0, message, code)
+        return messages.envelope(code == 0, message, code)
 
     def get_tasks_modified_since(self, caller: Caller, since: str, dn: str = None, full: bool = False,
                                  min_task_id: int = None, prod_source_label: str = "user") -> dict:
         try:
             when = datetime.strptime(since, api.TIME_FORMAT)
         except ValueError:
-            return api.envelope(True, data={})
+            return messages.envelope(True, data={})
         tasks = self.sim.modified_since(caller.user, when, prod_source_label)
         if min_task_id is not None:
             tasks = {k: v for k, v in tasks.items() if v["jediTaskID"] > min_task_id}
-        return api.envelope(True, data=tasks)
+        return messages.envelope(True, data=tasks)
 
     def get_detailed_info(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
         if task is None:
-            return api.envelope(False, "Task not found or error retrieving task info")
-        return api.envelope(True, data=self.sim.detailed_info(task))
+            return messages.envelope(False, "Task not found or error retrieving task info")
+        return messages.envelope(True, data=self.sim.detailed_info(task))
 
     def get_tasks_detailed_info_since(self, caller: Caller, since: str = None, filters: str = None,
                                       n_tasks: int = 500) -> dict:
@@ -193,46 +194,46 @@ class Handlers:
             try:
                 criteria = json.loads(filters)
             except ValueError:
-                return api.envelope(False, "filters is not valid JSON")
+                return messages.envelope(False, "filters is not valid JSON")
             if not isinstance(criteria, dict):
-                return api.envelope(False, "filters must be a JSON object")
-        return api.envelope(True, data=self.sim.find(caller.user, criteria, n_tasks))
+                return messages.envelope(False, "filters must be a JSON object")
+        return messages.envelope(True, data=self.sim.find(caller.user, criteria, n_tasks))
 
     def get_datasets_and_files(self, caller: Caller, task_id: int,
                                dataset_types: typing.List[str] = ("input", "pseudo_input"),  # noqa: UP006
                                dataset_only: bool = False) -> dict:
         data = self.sim.datasets_and_files(task_id, list(dataset_types))
         if not data:
-            return api.envelope(False, api.MESSAGE_NO_DATASETS)
-        return api.envelope(True, data=data)
+            return messages.envelope(False, api.MESSAGE_NO_DATASETS)
+        return messages.envelope(True, data=data)
 
     def get_details(self, caller: Caller, task_id: int, include_parameters: bool = False,
                     include_status: bool = False) -> dict:
         details = self.sim.task_details(task_id, include_parameters, include_status)
         if not details:
-            return api.envelope(False, api.MESSAGE_NO_DETAILS)
-        return api.envelope(True, data=details)
+            return messages.envelope(False, api.MESSAGE_NO_DETAILS)
+        return messages.envelope(True, data=details)
 
     # job
     def get_description(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
-        return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
+        return messages.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
 
     def get_description_incl_archive(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
-        return api.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
+        return messages.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))
 
     def kill_jobs(self, caller: Caller, job_ids: typing.List[int], code: int = None,  # noqa: UP006
                   use_email_as_id: bool = False, kill_options: typing.List[str] = []) -> dict:  # noqa: B006,UP006
-        return api.envelope(True, data=self.sim.kill_jobs(job_ids, caller.user, caller.prod))
+        return messages.envelope(True, data=self.sim.kill_jobs(job_ids, caller.user, caller.prod))
 
     def get_metadata_for_analysis_jobs(self, caller: Caller, task_id: int) -> dict:
         metadata = self.sim.job_metadata(task_id)
         if not metadata:
-            return api.envelope(True, api.MESSAGE_NO_METADATA, {})
-        return api.envelope(True, data=metadata)
+            return messages.envelope(True, api.MESSAGE_NO_METADATA, {})
+        return messages.envelope(True, data=metadata)
 
     def set_command(self, caller: Caller, job_id: int, command: str) -> dict:
         success, message = self.sim.set_job_command(job_id, command)
-        return api.envelope(success, message)
+        return messages.envelope(success, message)
 
     # file server
     def upload_file_recovery_request(self, caller: Caller, task_id: int = None, dry_run: bool = None,
@@ -241,33 +242,34 @@ class Handlers:
                                      force: bool = False, reproduce_parent: bool = False,
                                      reproduce_upto_nth_gen: int = 0) -> dict:
         if not task_id and not dataset:
-            return api.envelope(False, "Either task_id or dataset must be provided")
+            return messages.envelope(False, "Either task_id or dataset must be provided")
         if task_id:
             self.sim.recover_files(task_id, bool(dry_run), caller.user)
         log_name = self.sim.new_log_name()
         self.cache[log_name] = b""
-        return api.envelope(True, api.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": f"{self.base_url}/cache/{log_name}"})
+        url = f"{self.base_url}/cache/{log_name}"
+        return messages.envelope(True, api.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": url})
 
     def upload_cache_file(self, caller: Caller, file: Any) -> dict:
         name, content, declared = file
         limit = api.upload_size_limit(name.split("/")[-1])
         if declared > limit:
-            return api.envelope(False, f"ERROR: upload failure. Exceeded size limit {declared // api.MB} MB > "
+            return messages.envelope(False, f"ERROR: upload failure. Exceeded size limit {declared // api.MB} MB > "
                                        f"{limit // api.MB} MB. Please remove redundant files from your work area")
         name = name.split("/")[-1]
         if name in self.sim.files and not name.endswith(".__ow__"):
-            return api.envelope(False, "ERROR: cannot overwrite file")
+            return messages.envelope(False, "ERROR: cannot overwrite file")
         crc = int.from_bytes(content[-8:-4], "little") if len(content) >= 8 else 0
         self.sim.files[name] = (caller.user.dn, len(content), crc)
         self.cache[name] = content
-        return api.envelope(True)
+        return messages.envelope(True)
 
     def validate_cache_file(self, caller: Caller, file_size: int, checksum: typing.Union[int, str]) -> dict:  # noqa: UP007
         for name, (owner, size, crc) in self.sim.files.items():
             if owner == caller.user.dn and size == file_size and str(crc) == str(checksum):
                 host = self.base_url.split("://", 1)[1]
-                return api.envelope(True, f"FOUND:{host}:{name}")
-        return api.envelope(False, "NOTFOUND")
+                return messages.envelope(True, f"FOUND:{host}:{name}")
+        return messages.envelope(False, "NOTFOUND")
 
 
 #: Endpoint name -> handler method name, where they differ from the endpoint's last part.
@@ -503,7 +505,7 @@ class LocalPandaApp:
         if fault == "html":  # a proxy or SSO page in front of the server, answering 200
             return Response(SSO_PAGE, 200, media_type="text/html")
         if fault == "empty":  # getJediTasksInTimeRange on a database error
-            return Response(json.dumps(api.envelope(True, data={})), 200, media_type="text/plain")
+            return Response(json.dumps(messages.envelope(True, data={})), 200, media_type="text/plain")
         if fault.startswith("echo:"):  # a careless server or proxy quoting the request's credentials
             text = f"ERROR : rejected {request.headers.get('authorization')} from {request.headers.get('origin')}"
             return Response(text, int(fault[5:]), media_type="text/plain")
@@ -530,7 +532,7 @@ class LocalPandaApp:
             await asyncio.sleep(float(fault[5:]))
         if fault.startswith("body:"):
             return Response(fault[5:], 200, media_type="text/plain")
-        text = json.dumps(result, default=api.encode_special) if json_app else str(result)
+        text = json.dumps(result, default=messages.encode_special) if json_app else str(result)
         if fault == "cut":  # the connection dropped mid-answer by something on the way
             text = text[: len(text) // 2]
         return Response(text, 200, media_type="text/plain")
@@ -539,17 +541,17 @@ class LocalPandaApp:
                    params: dict[str, Any]) -> dict[str, Any]:
         """request_validation: secure, production role, HTTP method, arguments, task ownership."""
         if endpoint.secure and not caller.secure:
-            return api.envelope(False, api.MESSAGE_SSL)
+            return messages.envelope(False, api.MESSAGE_SSL)
         if endpoint.production and not caller.prod:
-            return api.envelope(False, api.MESSAGE_PROD_ROLE)
+            return messages.envelope(False, api.MESSAGE_PROD_ROLE)
         if endpoint.method != http_method and endpoint not in (api.JOB_DESCRIPTION, api.JOB_DESCRIPTION_ARCHIVE):
-            return api.envelope(False, f"expecting {endpoint.method}, received {http_method}")
+            return messages.envelope(False, f"expecting {endpoint.method}, received {http_method}")
         kwargs, error = bind(handler, params, http_method)
         if error:
-            return api.envelope(False, error)
+            return messages.envelope(False, error)
         if endpoint.task_owner and kwargs.get("task_id"):
             if not self.sim.owns(kwargs["task_id"], caller.user, caller.prod):
-                return api.envelope(False, api.MESSAGE_TASK_OWNER)
+                return messages.envelope(False, api.MESSAGE_TASK_OWNER)
         return handler(caller, **kwargs)
 
     async def auth_config(self, request: Request) -> Response:

@@ -20,6 +20,7 @@ from typing import Any
 
 from airflow_provider_panda import api
 from airflow_provider_panda.api import CommandCode, SubmitCode
+from airflow_provider_panda.testing import messages
 
 OUTCOMES = ("done", "finished", "failed", "broken", "exhausted", "hang")
 #: Outcomes JEDI reaches through 'prepared' (post-processing of finished jobs).
@@ -320,8 +321,9 @@ class PandaSim:
                             f"jediTaskID={old.task_id} is already queued for outDS={name}. "
                             "You cannot submit duplicated tasks. ")
                     if old.status not in api.RESUBMITTABLE_FROM:
-                        return SubmitCode.DUPLICATE_JEDI, api.submit_duplicate_message(old.task_id, old.status, name)
-                    message = api.submit_incremental_message(old.task_id, old.status)
+                        message = messages.submit_duplicate_message(old.task_id, old.status, name)
+                        return SubmitCode.DUPLICATE_JEDI, message
+                    message = messages.submit_incremental_message(old.task_id, old.status)
                     self._restart(old, "toincexec")
                     return SubmitCode.INCREMENTAL, message
             wall = self.clock.wall()
@@ -330,7 +332,7 @@ class PandaSim:
             task.parent = parent_tid
             self.tasks[task.task_id] = task
             self._schedule(task, list(ATTEMPT_PATH[1:]))
-            return SubmitCode.NEW, api.submit_new_message(task.task_id)
+            return SubmitCode.NEW, messages.submit_new_message(task.task_id)
 
     def bulk_running(self, n: int, user: User, outcomes: list[str], jobs: int = 1, age: float = 0.0) -> list[int]:
         """Control (benchmarks): n tasks of ``user`` already running, with ``jobs`` jobs each
@@ -417,7 +419,7 @@ class PandaSim:
         with self.lock:
             task = self.visible(task_id)
             if task is None:
-                return CommandCode.NOT_FOUND, api.command_not_found_message(task_id)
+                return CommandCode.NOT_FOUND, messages.command_not_found_message(task_id)
             allowed = api.command_allowed(command, task.status)
             extra = ""
             if command == "retry" and task.status == "exhausted" and not prod:
@@ -425,7 +427,7 @@ class PandaSim:
             if not allowed:
                 if command == "retry" and task.status in api.RETRY_ACTIVE_FROM and task.label == "user":
                     return CommandCode.RETRY_ACTIVE, task.status
-                return CommandCode.BAD_STATUS, api.command_rejected_message(command, task.status, extra)
+                return CommandCode.BAD_STATUS, messages.command_rejected_message(command, task.status, extra)
             if command == "kill":
                 self._set_status(task, "toabort")
                 self._schedule(task, ["aborted"])
@@ -438,7 +440,7 @@ class PandaSim:
                 self._restart(task, "toretry")
             elif command == "resume":
                 self._set_status(task, "running")
-            return CommandCode.REGISTERED, api.command_registered_message(command, task_id)
+            return CommandCode.REGISTERED, messages.command_registered_message(command, task_id)
 
     def _end_after_finish(self, task: Task) -> str:
         """done if every job of the attempt finished, finished if some did, failed if none."""
@@ -455,11 +457,11 @@ class PandaSim:
                 return 1, "new parameter conversion failed with task not found"
             if task.status in api.RETRY_ACTIVE_FROM:
                 task.params.update(new_params)
-                return SubmitCode.INCREMENTAL, api.retry_active_message(task.status)
+                return SubmitCode.INCREMENTAL, messages.retry_active_message(task.status)
             if task.status not in api.RESUBMITTABLE_FROM:
-                return SubmitCode.DUPLICATE_JEDI, api.submit_duplicate_message(task_id, task.status, task.name)
+                return SubmitCode.DUPLICATE_JEDI, messages.submit_duplicate_message(task_id, task.status, task.name)
             task.params.update(new_params)
-            message = api.submit_incremental_message(task_id, task.status)
+            message = messages.submit_incremental_message(task_id, task.status)
             self._restart(task, "toincexec")
             return SubmitCode.INCREMENTAL, message
 

@@ -14,6 +14,10 @@ import requests
 
 from airflow_provider_panda import api
 
+#: The pilot's own calls (production or pilot role): only this stand-in pilot makes them.
+PILOT_ACQUIRE_JOBS = api.Endpoint("pilot/acquire_jobs", "POST", production=True)
+PILOT_UPDATE_JOB = api.Endpoint("pilot/update_job", "POST", production=True)
+
 
 class StandInPilot:
     """Acts with the production role (it runs other users' jobs, as a real pilot's identity does)."""
@@ -32,7 +36,7 @@ class StandInPilot:
 
     def acquire(self, task_id: int, n_jobs: int = 50) -> list[dict[str, Any]]:
         """Take the task's activated jobs (none while JEDI has not activated them yet)."""
-        envelope = self._post(api.PILOT_ACQUIRE_JOBS, {"site_name": self.site, "prod_source_label": "user",
+        envelope = self._post(PILOT_ACQUIRE_JOBS, {"site_name": self.site, "prod_source_label": "user",
                                                        "n_jobs": n_jobs, "node": "stand-in-pilot", "task_id": task_id})
         data = envelope.get("data") or {}
         return list(data.get("jobs", [])) if envelope.get("success") else []
@@ -42,7 +46,7 @@ class StandInPilot:
         now = datetime.now(timezone.utc).strftime(api.TIME_FORMAT)
         base = {"job_id": job["PandaID"], "site_name": self.site, "node": "stand-in-pilot"}
         for status in ("starting", "running"):
-            self._post(api.PILOT_UPDATE_JOB, {**base, "job_status": status})
+            self._post(PILOT_UPDATE_JOB, {**base, "job_status": status})
         log_file = job["logFile"]
         report = {log_file: {"guid": job["logGUID"], "fsize": 1024, "adler32": f"{zlib.adler32(log_file.encode()):08x}",
                              "surl": f"file:///tmp/stand-in-pilot/{log_file}"}}
@@ -56,7 +60,7 @@ class StandInPilot:
                  "job_output_report": json.dumps(report), "trans_exit_code": 0 if succeed else 1}
         if not succeed:
             final.update({"pilot_error_code": 1099, "pilot_error_diag": "stand-in pilot: failure on request"})
-        answer = self._post(api.PILOT_UPDATE_JOB, final)
+        answer = self._post(PILOT_UPDATE_JOB, final)
         if not answer.get("success"):
             raise RuntimeError(f"update_job refused: {answer}")
 
