@@ -259,9 +259,12 @@ def publish_outputs(operator: Any, context: Mapping[str, Any], task_id: int,
         return []
     from airflow_provider_panda.lineage import input_datasets
 
-    # kept on the operator for get_openlineage_facets_on_complete (lineage.py)
-    operator.panda_lineage = {"task_id": task_id, "status": status, "monitor_url": hook.monitor_url(task_id),
-                              "inputs": input_datasets(params), "outputs": outputs}
+    # kept on the operator for get_openlineage_facets_on_complete (lineage.py); Airflow 3.1's context
+    # holds the operator as it was before prepare_for_execution() copied it, and OpenLineage asks that one
+    recorded = {"task_id": task_id, "status": status, "monitor_url": hook.monitor_url(task_id),
+                "inputs": input_datasets(params), "outputs": outputs}
+    for holder in {id(o): o for o in (operator, context.get("task")) if o is not None}.values():
+        holder.panda_lineage = recorded
     context["ti"].xcom_push(key=OUTPUTS_KEY, value=outputs)
     for output in outputs:
         operator.log.info("PanDA task %s produced %s %s (%s): %d files, %d failed", task_id, output["type"],
