@@ -460,6 +460,15 @@ def _count(path: Path, text: str) -> int:
     return path.read_text(errors="replace").count(text) if path.exists() else 0
 
 
+def _pid_in(pid_file: Path) -> int | None:
+    """The PID a daemon wrote to ``pid_file``, or None while the file is missing or still empty."""
+    try:
+        words = pid_file.read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
 def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None = None,
                   ready_line: str | None = None, timeout: float = 60.0) -> None:
     """Start ``name`` unless it runs; with ``pid_file`` it daemonises and that file names the real
@@ -478,9 +487,11 @@ def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None 
     deadline = time.monotonic() + timeout
     if pid_file is not None:  # a daemonising process: its PID file names the real one
         proc.wait(timeout=timeout)
-        while not pid_file.exists() and time.monotonic() < deadline:
+        pid = _pid_in(pid_file)
+        while pid is None and time.monotonic() < deadline:  # the file is created before the PID is written
             time.sleep(0.2)
-        state[f"{name}_pid"] = int(pid_file.read_text().split()[0]) if pid_file.exists() else None
+            pid = _pid_in(pid_file)
+        state[f"{name}_pid"] = pid
     else:
         state[f"{name}_pid"] = proc.pid
     save_state(state)
