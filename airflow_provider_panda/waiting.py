@@ -138,6 +138,11 @@ class TaskWatch:
     #: until the task has left it, shows a new attempt or state change, or the grace has passed.
     stale: StaleMark | None = None
     readings: int = 0
+    #: When the current run of "not found" readings began: the start of the wait for a task never
+    #: seen, the first such reading for one seen before (the real server answers "not found" on a
+    #: database error too, so a seen task gets the whole grace again before the wait gives up).
+    missing_since: float | None = None
+    seen: bool = False
 
     def __post_init__(self) -> None:
         self.stale = StaleMark.load(self.stale)
@@ -163,14 +168,22 @@ class TaskWatch:
         self.changed = status != self.last_status or not self.readings
         self.readings += 1
         if self.changed:
-            if status is None:
+            if status is None and self.seen:
+                self.log.warning("PanDA task %s: the server does not find it now (it answers so on a database "
+                                 "error too); waiting up to %.0f s for it to come back", self.task_id,
+                                 self.not_found_grace)
+            elif status is None:
                 self.log.info("PanDA task %s is not visible yet (queued in DEFT)", self.task_id)
             else:
                 self.log.info("PanDA task %s: %s -> %s", self.task_id, self.last_status or "(start)", status)
         self.last_status = status
-        overdue = time.monotonic() - self.started > self.not_found_grace
+        now = time.monotonic()
+        overdue = now - self.started > self.not_found_grace
         if status is None:
-            return ERROR if overdue else None
+            if self.missing_since is None:
+                self.missing_since = now if self.seen else self.started
+            return ERROR if now - self.missing_since > self.not_found_grace else None
+        self.seen, self.missing_since = True, None
         if self.stale is not None:
             if status == self.stale.status:
                 if info is not None and self.stale.superseded_by(info):

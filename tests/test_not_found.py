@@ -1,0 +1,94 @@
+"""A task already seen that the server briefly does not find: the real server answers "Task not
+found" on a database error too, so a wait on a task it has seen gets the whole grace again from the
+first missing read, in every mode; a task that stays missing still ends the wait after the grace."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from airflow_runs import run_dag
+from conftest import params_with_outcomes, wait_for, wait_status
+
+GRACE = 1.0
+MODES = ["poke", "deferrable"]
+
+
+def _sensor(task_id: int, mode: str) -> str:
+    args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
+    return (f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.1, timeout=120, "
+            f"not_found_grace={GRACE}, {args})")
+
+
+def _in_background(script) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            script()
+        except BaseException as exc:  # surfaced by the test after the run
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_a_seen_task_missing_for_a_moment_is_waited_for(panda_server, hook, capfd):
+    """Seen running for longer than the grace, then "not found" for three reads, then done: the
+    wait succeeds (before, the first missing read after the grace ended it). Poke mode: the shared
+    poller of the deferred modes keeps a task's last reading while the feed does not list it, and
+    reads it alone only after several rounds."""
+    sim = panda_server.sim
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "blip"))
+    wait_status(hook, task_id, {"running"})
+    task = sim.tasks[task_id]
+
+    def script() -> None:
+        start, reads = time.monotonic(), task.reads
+        wait_for(lambda: task.reads >= reads + 3 and time.monotonic() - start > 2 * GRACE, timeout=120)
+        sim.hide(task_id, reads=3)
+        wait_for(lambda: not sim.hidden.get(task_id), timeout=120)
+        sim.force(task_id, status="done")
+
+    thread = _in_background(script)
+    run = run_dag(_sensor(task_id, "poke"))
+    thread.join(timeout=120)
+    assert not thread.errors, thread.errors
+    assert run.states == {"wait": "success"}
+    assert "the server does not find it now" in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_seen_task_that_stays_missing_ends_the_wait(panda_server, hook, mode):
+    sim = panda_server.sim
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "gone"))
+    wait_status(hook, task_id, {"running"})
+    task = sim.tasks[task_id]
+
+    def script() -> None:
+        reads = task.reads
+        wait_for(lambda: task.reads >= reads + 2, timeout=120)
+        sim.hide(task_id, reads=1_000_000)
+
+    thread = _in_background(script)
+    started = time.monotonic()
+    run = run_dag(_sensor(task_id, mode))
+    thread.join(timeout=120)
+    assert not thread.errors, thread.errors
+    assert run.states == {"wait": "failed"}
+    assert time.monotonic() - started < 100  # the grace, not the sensor's timeout
+
+
+def test_a_failed_progress_read_does_not_fail_the_sensor(panda_server, hook, capfd):
+    """The details read only for the progress line answer 404: the sensor still sees done."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "noinfo"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.after_reads(task_id, reads=3, status="done")
+    panda_server.panda.faults.extend(["404@task/get_detailed_info"] * 5)
+    run = run_dag(_sensor(task_id, "poke"))
+    assert run.states == {"wait": "success"}
+    assert "-> done" in "".join(capfd.readouterr())
+    assert len(panda_server.panda.faults) == 4  # the progress read was tried once, on running -> done
