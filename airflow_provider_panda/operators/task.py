@@ -651,7 +651,10 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
     def execute(self, context: Context) -> Any:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
-        self._await_visible(task_id)
+        status = self._await_visible(task_id)
+        # PanDA only queues the command (JEDI's TaskCommando acts later): the status it found
+        # (``exhausted``, say) must not end the wait after it
+        stale = self._mark(task_id, status) if self.wait_for_termination else None
         try:
             self.log.info("PanDA: %s", self._send(task_id))
         except PandaCommandRejected as exc:
@@ -662,7 +665,8 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
             return task_id
         if not self.wait_for_termination:
             return task_id
-        return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time())
+        return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time(),
+                          stale=stale)
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, **resume: Any) -> Any:
