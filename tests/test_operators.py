@@ -169,6 +169,18 @@ def test_kill_operator_waits_for_aborted_and_accepts_already_killed(panda_server
     assert again.states == {"kill": "success"} and again.xcom("kill") == task_id
 
 
+@pytest.mark.parametrize("operator,final", [("KillTaskOperator", {"aborted"}),
+                                            ("FinishTaskOperator", {"done", "finished", "failed"})])
+def test_terminate_operator_waits_past_the_status_its_command_found(panda_server, hook, operator, final):
+    """PanDA only queues kill and finish (JEDI's TaskCommando acts later): the first poll still reads
+    the old ``exhausted``, which must not end the wait as a failure."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["exhausted"], "exhstop"))
+    wait_status(hook, task_id, {"exhausted"})
+    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
+    assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
+    assert hook.get_task_status(task_id) in final
+
+
 def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook, capfd):
     """Right after submission only DEFT knows the task and the server refuses commands on it:
     the operator waits until the task is visible, then kills it."""

@@ -189,3 +189,88 @@ def test_strings_inside_task_params_are_templates_not_files(panda_server):
     [task] = named(panda_server, params["taskName"])
     value = task.params["jobParameters"][0]["value"]
     assert value.startswith("python run.py --config settings.json --run manual__")
+
+
+#: Airflow >= 3.3 keeps the jediTaskID in the task state store (AIP-103); older releases look it up by name.
+STATE_STORE = tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) >= (3, 3)
+
+
+def test_airflow_retry_after_a_kill_refuses_a_task_panda_cannot_reexecute(panda_server, conn_env, capfd):
+    """PanDA re-executes a name only for uniqueTaskName tasks of type 'anal': a production task's
+    name submitted again makes a second task. The retry says so and submits nothing."""
+    conn_env(user="prod")
+    params = params_with_outcomes(panda_server, ["hang", "done"], "prodabort", taskType="prod")
+    run = run_dag(f"""\
+        SubmitTaskOperator(task_id='submit', task_params=$params, retries=2, retry_delay=timedelta(0),
+                           timeout=1, on_timeout='kill', {FAST})
+        """, params=repr(params))
+    [task] = named(panda_server, params["taskName"])  # no second task
+    assert run.states == {"submit": "failed"} and run.tries("submit") == 2  # no Airflow retry spent on it
+    assert wait_status_of(panda_server, task) == "aborted" and task.attempt == 0
+    out = "".join(capfd.readouterr())
+    assert f"PanDA task {task.task_id} cannot be re-executed" in out and "taskType 'prod'" in out
+
+
+def test_reexecute_when_asked_refuses_a_task_panda_cannot_reexecute(panda_server, conn_env, capfd):
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    conn_env(user="prod")
+    params = params_with_outcomes(panda_server, ["done"], "prodreexec", taskType="prod")
+    other = PandaHook().submit_task(params)
+    wait_status(PandaHook(), other, {"done"})
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, if_exists='reexecute', {FAST})",
+                  params=repr(params))
+    [task] = named(panda_server, params["taskName"])
+    assert run.states == {"submit": "failed"} and task.task_id == other and task.attempt == 0
+    assert f"PanDA task {other} cannot be re-executed" in "".join(capfd.readouterr())
+
+
+def wait_status_of(server, task):
+    from conftest import wait_for
+
+    return wait_for(lambda: task.status if task.status in ("aborted", "done", "failed") else None)
+
+
+def test_a_new_try_under_a_new_name_submits_a_new_task(panda_server, capfd):
+    """README: a task instance runs again under a new name (``{{ ti.try_number }}``). The id kept
+    for the earlier try (task state store on Airflow >= 3.3) belongs to the old name: not reused."""
+    tag = uuid.uuid4().hex[:8]
+    panda_server.sim.add_rule(rf"user\.alice\.rename\.{tag}\.1$", ["failed"])
+    params = task_params("rename", taskName=f"user.alice.rename.{tag}." + "{{ ti.try_number }}")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, retries=1, retry_delay=timedelta(0), "
+                  f"{FAST})", params=repr(params))
+    tasks = sorted((t for t in panda_server.sim.tasks.values() if f".rename.{tag}." in t.name), key=lambda t: t.name)
+    assert [(t.name[-1], t.status, t.attempt) for t in tasks] == [("1", "failed", 0), ("2", "done", 0)]
+    assert run.states == {"submit": "success"} and run.xcom("submit") == tasks[1].task_id
+
+
+@pytest.mark.skipif(not STATE_STORE, reason="the task state store is new in Airflow 3.3")
+def test_a_stored_id_without_a_name_is_still_trusted(panda_server, hook):
+    """Entries written before the name was kept hold the id alone: they still say "my task"."""
+    params = params_with_outcomes(panda_server, ["done"], "oldentry")
+    mine = hook.submit_task(params)
+    wait_status(hook, mine, {"done"})
+    run = run_dag(f"""\
+        SubmitTaskOperator(task_id='submit', task_params=$params, {FAST},
+                           on_execute_callback=lambda ctx: ctx['task_state_store'].set('panda_jedi_task_id', {mine}))
+        """, params=repr(params))
+    assert run.states == {"submit": "success"} and run.xcom("submit") == mine
+    [task] = named(panda_server, params["taskName"])
+    assert task.attempt == 0
+
+
+def test_a_duplicate_answer_to_a_resend_is_checked_for_ownership(panda_server, hook, capfd):
+    """The first submit gets no answer and did nothing; meanwhile another submitter's task (only in
+    DEFT, so no lookup lists it) took the name. The resend is answered "duplicate" with that task's
+    id: the operator must not take it for the one it sent."""
+    params = params_with_outcomes(panda_server, ["done"], "resentdup")
+    panda_server.sim.clock.freeze(True)  # the other task stays `registered`: invisible to lookups
+    other = hook.submit_task(params)
+    panda_server.sim.after_reads(other, 1, "done")  # JEDI has it at the first status read
+    panda_server.panda.faults.append("502@task/submit")  # no answer, nothing done
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, {FAST})", params=repr(params))
+    assert run.states == {"submit": "failed"} and run.tries("submit") == 1
+    assert run.xcom("submit", "jedi_task_id") is None  # never took it as its own
+    [task] = named(panda_server, params["taskName"])
+    assert task.task_id == other and task.attempt == 0
+    assert f"is already held by PanDA task {other}" in "".join(capfd.readouterr())

@@ -47,6 +47,9 @@ class Submission:
     task_id: int
     reexecuted: bool
     message: str
+    #: The id came from PanDA's "duplicate" answer to a resend after a lost answer: the task the first
+    #: send made, or another submitter's that took the name in between. Whose it is, the caller checks.
+    from_resend: bool = False
 
 
 def same_task_params(stored: Any, sent: dict[str, Any]) -> bool:
@@ -149,7 +152,8 @@ class PandaHook(BaseHook):
         duplicate answer to the resend is the task the first send created. Any other submission is
         sent once: a lost answer is resolved by looking the task up by name (tasks that were not
         there before, with the parameters sent), else :class:`PandaSubmissionUnknownError`.
-        A duplicate answer to a first send raises :class:`PandaDuplicateTaskError` with the id.
+        A duplicate answer to a first send raises :class:`PandaDuplicateTaskError` with the id; one to
+        a resend returns the id with ``from_resend`` set (it may be another submitter's task).
         """
         call = calls.submit_task(task_params, parent_task_id)
         if not call.idempotent:
@@ -171,7 +175,7 @@ class PandaHook(BaseHook):
                 if attempts > 1 and exc.task_id:
                     self.log.warning("Submission resent after a lost answer; the first send created jediTaskID=%s",
                                      exc.task_id)
-                    return Submission(exc.task_id, False, exc.server_message)
+                    return Submission(exc.task_id, False, exc.server_message, from_resend=True)
                 raise
 
         import tenacity

@@ -49,6 +49,8 @@ __all__ = [
 
 TASK_ID_KEY = "jedi_task_id"
 STATE_KEY = "panda_jedi_task_id"
+#: The state store entry's fields: ``{"jedi_task_id": ..., "task_name": ...}`` (older entries: the id alone).
+STORED_ID, STORED_NAME = "jedi_task_id", "task_name"
 #: The task parameter naming the Airflow task instance that submitted a task: how a later try,
 #: a clear or a lookup by name recognises "my task" (JEDI ignores keys it does not know).
 OWNER_KEY = "airflowTaskInstance"
@@ -101,20 +103,22 @@ class _PandaOperator(BaseOperator):
 
         return PandaHook(self.panda_conn_id)
 
-    def _remember(self, context: Context, task_id: int) -> None:
-        """Make the id known at once: XComs for users and the link, the state store for retries."""
+    def _remember(self, context: Context, task_id: int, task_name: str | None = None) -> None:
+        """Make the id known at once: XComs for users and the link, the state store for retries
+        (with the taskName it was submitted under, so a try under another name does not reuse it)."""
         self._jedi_task_id = task_id
         ti = context["ti"]
         ti.xcom_push(key=TASK_ID_KEY, value=task_id)
         ti.xcom_push(key=MONITOR_URL_KEY, value=self.hook.monitor_url(task_id))
         store = _state_store(context)
         if store is not None:
+            value: Any = task_id if task_name is None else {STORED_ID: task_id, STORED_NAME: task_name}
             try:
                 from airflow.sdk.execution_time.context import NEVER_EXPIRE
 
-                store.set(STATE_KEY, task_id, retention=NEVER_EXPIRE)
+                store.set(STATE_KEY, value, retention=NEVER_EXPIRE)
             except ImportError:  # pragma: no cover - state store without NEVER_EXPIRE
-                store.set(STATE_KEY, task_id)
+                store.set(STATE_KEY, value)
 
     def _status(self, task_id: int) -> str | None:
         try:
@@ -433,7 +437,7 @@ class SubmitTaskOperator(_PandaTaskWaiter):
     def _attach_or_submit(self, context: Context, params: dict[str, Any],
                           parent: int | None) -> tuple[int, StaleMark | None]:
         """The task this instance submitted before (then what its status asks for), or a new one."""
-        known = self._stored_task(context)
+        known = self._stored_task(context, params["taskName"])
         if known is None:
             mine, others = self._tasks_named(params)
             if mine:
@@ -444,19 +448,30 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 newest = max(others, key=lambda t: int(t["jediTaskID"]))
                 return self._name_taken(context, params, parent, newest)
         if known is not None:
-            self._remember(context, known)
-            stale = self._resume(params, known)
-            self._reattached = stale is None
-            return known, stale
+            self._remember(context, known, params["taskName"])
+            task_id, stale = self._resume(params, known)
+            if task_id != known:
+                self._remember(context, task_id, params["taskName"])
+            self._reattached = task_id == known and stale is None
+            return task_id, stale
         task_id = self._submit(params, parent)
-        self._remember(context, task_id)
+        self._remember(context, task_id, params["taskName"])
         return task_id, None
 
     _reattached = False
 
-    def _stored_task(self, context: Context) -> int | None:
+    def _stored_task(self, context: Context, task_name: str) -> int | None:
+        """The task an earlier try of this instance kept in the state store, if it has this taskName:
+        a clear or retry under a new name (``{{ ti.try_number }}``) runs a new task."""
         store = _state_store(context)
         known = store.get(STATE_KEY) if store is not None else None
+        if isinstance(known, dict):
+            stored_name = known.get(STORED_NAME)
+            if stored_name is not None and stored_name != task_name:
+                self.log.info("This task instance's earlier PanDA task %s is named %r, not %r: not reattaching",
+                              known.get(STORED_ID), stored_name, task_name)
+                return None
+            known = known.get(STORED_ID)
         return int(known) if known else None
 
     def _tasks_named(self, params: dict[str, Any]) -> tuple[list[int], list[dict[str, Any]]]:
@@ -481,15 +496,18 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         if self.if_exists == "adopt":
             self.log.warning("taskName %r is held by PanDA task %s (%s), which this task instance did not submit; "
                              "adopting it (if_exists='adopt')", params["taskName"], other_id, status)
-            self._remember(context, other_id)
-            return other_id, self._resume(params, other_id)
+            self._remember(context, other_id, params["taskName"])
+            task_id, stale = self._resume(params, other_id)
+            if task_id != other_id:
+                self._remember(context, task_id, params["taskName"])
+            return task_id, stale
         if self.if_exists == "reexecute" and status in api.RESUBMITTABLE_FROM:
             self.log.warning("taskName %r is held by PanDA task %s (%s); re-executing it through PanDA's incremental "
                              "execution (if_exists='reexecute')", params["taskName"], other_id, status)
             stale = self._mark(other_id, status)
             task_id = self._reexecute(params, parent, other_id)
-            self._remember(context, task_id)
-            return task_id, stale
+            self._remember(context, task_id, params["taskName"])
+            return task_id, stale if task_id == other_id else None
         hint = ("it is still active, so it cannot be re-executed yet" if self.if_exists == "reexecute" else
                 "make taskName unique per run and map index (e.g. include {{ run_id }} and {{ ti.map_index }}), "
                 "or set if_exists='adopt' to wait on that task, or if_exists='reexecute' to re-run it on new input")
@@ -501,27 +519,28 @@ class SubmitTaskOperator(_PandaTaskWaiter):
 
     # --- an earlier try's task --------------------------------------------------------------------
 
-    def _resume(self, params: dict[str, Any], task_id: int) -> StaleMark | None:
+    def _resume(self, params: dict[str, Any], task_id: int) -> tuple[int, StaleMark | None]:
         """What an earlier try's task needs now: nothing (active or succeeded), a PanDA retry
-        (failed, finished, exhausted), a re-execution (aborted) or the end (broken)."""
+        (failed, finished, exhausted), a re-execution (aborted) or the end (broken). Returns the
+        task to wait on (the one PanDA's answer names) and what it said before the command."""
         status = self._settled_status(task_id)
         self.log.info("Reattached to PanDA task %s (%s)", task_id, status or "not visible yet")
         if status == "broken":
             self._broken(task_id)
         if status is None or self.spec.classify(status) != FAILURE:
-            return None
+            return task_id, None
         if status == "aborted":
             self.log.info("PanDA task %s was aborted: re-executing it through PanDA's incremental execution "
                           "(same task, same jediTaskID, a new attempt)", task_id)
             stale = self._mark(task_id, status)
-            self._reexecute(params, None, task_id)
-            return stale
+            answered = self._reexecute(params, None, task_id)
+            return answered, stale if answered == task_id else None
         if status in api.COMMAND_ALLOWED_FROM["retry"]:
             self.log.info("PanDA task %s ended %s before this try: asking PanDA to retry it", task_id, status)
             stale = self._mark(task_id, status)
             self.hook.retry_task(task_id, self.retry_new_params)
-            return stale
-        return None  # any other failing status: the wait reports it
+            return task_id, stale
+        return task_id, None  # any other failing status: the wait reports it
 
     def _settled_status(self, task_id: int) -> str | None:
         """The status, once a task on its way to a known end (``toabort`` > ``aborted``) is there."""
@@ -540,12 +559,28 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         raise _fail_without_retry(f"{report} No Airflow retry is spent on a broken task: fix its definition.", report)
 
     def _reexecute(self, params: dict[str, Any], parent: int | None, task_id: int) -> int:
-        """Incremental execution: the same name submitted again re-runs the finished task."""
+        """Incremental execution: the same name submitted again re-runs the finished task. Returns
+        the task PanDA's answer names, which the caller waits on and remembers.
+
+        PanDA re-runs a name only when it checks it for duplicates (``uniqueTaskName`` and type
+        ``anal``); any other submission of the name makes a second task, which would process all
+        the input again into the same output containers: refused before anything is sent."""
         params = {**params, **(self.retry_new_params or {}), "uniqueTaskName": True}
+        if not api.submission_is_repeatable(params):
+            raise _fail_without_retry(
+                f"PanDA task {task_id} cannot be re-executed: PanDA re-runs a task whose name is submitted again "
+                f"(incremental execution) only for uniqueTaskName tasks of type "
+                f"'{api.DUPLICATE_CHECKED_TASK_TYPE}', and this one is taskType {params.get('taskType')!r}, so a "
+                f"submission would make a second task named {params['taskName']!r} that processes all its input "
+                f"again. Nothing was submitted. To run the work again, give taskName a new value (e.g. include "
+                f"{{{{ ti.try_number }}}}). Monitor: {self.hook.monitor_url(task_id)}")
         answer = self.hook.submit(params, parent)
-        if answer.task_id != task_id or not answer.reexecuted:
-            self.log.warning("PanDA answered the re-execution of task %s with task %s: %s", task_id, answer.task_id,
-                             answer.message)
+        if answer.task_id == task_id and answer.reexecuted:
+            return task_id
+        self.log.warning("PanDA answered the re-execution of task %s with task %s: %s; waiting on task %s",
+                         task_id, answer.task_id, answer.message, answer.task_id)
+        if answer.reexecuted and not self._is_mine(answer.task_id, params):
+            raise self._held_by_another(params, answer.task_id, "PanDA re-executes that task instead")
         return answer.task_id
 
     def _submit(self, params: dict[str, Any], parent: int | None) -> int:
@@ -556,9 +591,11 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             if exc.task_id is not None and self._is_mine(exc.task_id, params):
                 self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
                 return exc.task_id
-            raise _fail_without_retry(
-                f"taskName {params['taskName']!r} is already held by PanDA task {exc.task_id}, which this task "
-                f"instance did not submit ({exc.server_message.split('. ')[0]}); make taskName unique", exc) from None
+            raise self._held_by_another(params, exc.task_id, exc.server_message.split(". ")[0], exc) from None
+        if answer.from_resend and not self._is_mine(answer.task_id, params):
+            # the first send got no answer; another submitter's task took the name before the resend
+            raise self._held_by_another(params, answer.task_id, "PanDA's answer to a resend after a lost answer: "
+                                        f"{answer.message.split('. ')[0]}")
         if answer.reexecuted:  # a finished task older than the lookup window held the name
             raise _fail_without_retry(
                 f"taskName {params['taskName']!r} belongs to PanDA task {answer.task_id}, which this task instance did "
@@ -566,6 +603,12 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 f"the submission by re-executing it: {answer.message}. It is not adopted; make taskName unique. "
                 f"Monitor: {self.hook.monitor_url(answer.task_id)}")
         return answer.task_id
+
+    def _held_by_another(self, params: dict[str, Any], task_id: int | None, why: str,
+                         cause: Exception | None = None) -> Exception:
+        return _fail_without_retry(
+            f"taskName {params['taskName']!r} is already held by PanDA task {task_id}, which this task instance "
+            f"did not submit ({why}); make taskName unique", cause)
 
     def _is_mine(self, task_id: int, params: dict[str, Any]) -> bool:
         """Whether a task carries this instance's key (waiting for a DEFT-only task to appear)."""
@@ -579,9 +622,13 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         if verdict == FAILURE and status == "aborted" and reattached:
             self.log.info("PanDA task %s was aborted while this try waited on it (the earlier try's cancel_on_kill "
                           "after a clear or a kill): re-executing it through PanDA's incremental execution", task_id)
+            params = self._params(context)
             stale = self._mark(task_id, status)
-            self._reexecute(self._params(context), None, task_id)
-            return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done)
+            answered = self._reexecute(params, None, task_id)
+            if answered != task_id:
+                self._remember(context, answered, params["taskName"])
+                stale = None
+            return self._wait(context, answered, self.spec, end_time, stale=stale, retries_done=retries_done)
         if verdict == FAILURE and retries_done < self.auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
             stale = self._mark(task_id, status)
             try:
@@ -651,7 +698,10 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
     def execute(self, context: Context) -> Any:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
-        self._await_visible(task_id)
+        status = self._await_visible(task_id)
+        # PanDA only queues the command (JEDI's TaskCommando acts later): the status it found
+        # (``exhausted``, say) must not end the wait after it
+        stale = self._mark(task_id, status) if self.wait_for_termination else None
         try:
             self.log.info("PanDA: %s", self._send(task_id))
         except PandaCommandRejected as exc:
@@ -662,7 +712,8 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
             return task_id
         if not self.wait_for_termination:
             return task_id
-        return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time())
+        return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time(),
+                          stale=stale)
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, **resume: Any) -> Any:

@@ -428,14 +428,14 @@ class PandaSim:
                 if command == "retry" and task.status in api.RETRY_ACTIVE_FROM and task.label == "user":
                     return CommandCode.RETRY_ACTIVE, task.status
                 return CommandCode.BAD_STATUS, messages.command_rejected_message(command, task.status, extra)
+            # the server only queues kill and finish (PRODSYS_COMM); JEDI's TaskCommando acts later,
+            # so the task keeps its status (``exhausted``, say) for one step, as after a retry
             if command == "kill":
-                self._set_status(task, "toabort")
-                self._schedule(task, ["aborted"])
+                self._schedule(task, ["toabort", "aborted"])
             elif command == "finish":
                 # soft: running jobs complete; hard: they are killed. The end depends on the jobs.
                 self._jobs_to(task, "finished" if kwargs.get("soft") else "cancelled", only_active=True)
-                self._set_status(task, "passed")
-                self._schedule(task, [self._end_after_finish(task)])
+                self._schedule(task, ["passed", self._end_after_finish(task)])
             elif command == "retry":
                 self._restart(task, "toretry")
             elif command == "resume":
