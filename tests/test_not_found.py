@@ -92,3 +92,27 @@ def test_a_failed_progress_read_does_not_fail_the_sensor(panda_server, hook, cap
     assert run.states == {"wait": "success"}
     assert "-> done" in "".join(capfd.readouterr())
     assert len(panda_server.panda.faults) == 4  # the progress read was tried once, on running -> done
+
+
+def test_details_not_found_during_a_stale_wait_is_waited_for(panda_server, hook):
+    """After a retry the old ``failed`` is checked against the task's details; the details answer
+    "not found" once (a database error on the real server): the wait goes on and sees done."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "nodetails"))
+    wait_status(hook, task_id, {"failed"})
+    panda = panda_server.panda
+    panda_server.sim.clock.freeze(True)  # the task keeps its old status until the details were read
+    before = panda.requests["task/get_detailed_info"]
+
+    def script() -> None:
+        wait_for(lambda: panda.requests["task/get_detailed_info"] > before, timeout=120)  # the mark, taken
+        panda.faults.append("missing@task/get_detailed_info")  # the wait's next details read
+        wait_for(lambda: not panda.faults, timeout=120)
+        panda_server.sim.clock.freeze(False)
+
+    thread = _in_background(script)
+    run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id}, wait_for_completion=True, "
+                  f"poll_interval=0.05, not_found_grace=60)")
+    thread.join(timeout=120)
+    assert not thread.errors, thread.errors
+    assert run.states == {"retry": "success"}
+    assert hook.get_task_status(task_id) == "done"

@@ -215,7 +215,10 @@ class _PandaTaskWaiter(_PandaOperator):
             verdict = status = None
             try:
                 status = self._status(task_id)
-                info = self.hook.get_task_info(task_id) if watch.needs_info(status) else None
+                try:
+                    info = self.hook.get_task_info(task_id) if watch.needs_info(status) else None
+                except PandaNotFoundError:  # the details are missing too: a reading of "not found"
+                    status, info = None, None
                 verdict = watch.observe(status, info)
                 if watch.moved:
                     watch.log_progress(info or self._info_or_none(task_id))

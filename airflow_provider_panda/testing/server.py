@@ -504,6 +504,9 @@ class LocalPandaApp:
             return Response(f"injected fault {fault}", int(fault), media_type="text/plain")
         if fault == "html":  # a proxy or SSO page in front of the server, answering 200
             return Response(SSO_PAGE, 200, media_type="text/html")
+        if fault == "missing":  # the real server's "not found" on a database error (getTaskStatus gives [])
+            message = api.MESSAGE_NO_DETAILS if endpoint is api.TASK_DETAILED_INFO else api.MESSAGE_TASK_NOT_FOUND
+            return Response(json.dumps(messages.envelope(False, message)), 200, media_type="text/plain")
         if fault == "empty":  # getJediTasksInTimeRange on a database error
             return Response(json.dumps(messages.envelope(True, data={})), 200, media_type="text/plain")
         if fault.startswith("echo:"):  # a careless server or proxy quoting the request's credentials
