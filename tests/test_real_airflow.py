@@ -34,7 +34,8 @@ def query(db: Path, sql: str, *args):
         return conn.execute(sql, args).fetchall()
 
 
-def wait_until(predicate, timeout: float, what: str, procs: dict):
+def wait_until(predicate, timeout: float, what: str, procs: dict, diagnose=None):
+    """Poll ``predicate`` until it is true; on failure say what ``diagnose()`` tells of the state."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
@@ -44,7 +45,7 @@ def wait_until(predicate, timeout: float, what: str, procs: dict):
         if dead:
             raise AssertionError(f"{dead} exited while waiting for {what}")
         time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{diagnose()}" if diagnose else ""))
 
 
 @pytest.fixture
@@ -334,10 +335,20 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
             assert len(found) <= 1, found  # never a second task for one instance
             return found[0] if found else None
 
+        def ti_row(task_id: str) -> tuple | None:
+            rows = query(cluster.db, "SELECT state, try_number, trigger_id FROM task_instance "
+                         "WHERE dag_id='panda_actions' AND task_id=?", task_id)
+            return rows[0] if rows else None
+
         def ti_state(task_id: str) -> str | None:
-            rows = query(cluster.db, "SELECT state FROM task_instance WHERE dag_id='panda_actions' AND task_id=?",
-                         task_id)
-            return rows[0][0] if rows else None
+            row = ti_row(task_id)
+            return row[0] if row else None
+
+        def diagnose() -> str:
+            t = task("defclear")
+            return (f"deferred_clear (state, try, trigger): {ti_row('deferred_clear')}; PanDA task: "
+                    f"{t and (t.task_id, t.status, t.attempt, t.reads)}\n"
+                    f"{cluster.ti_log('panda_actions', 'deferred_clear')[-6000:]}")
 
         steps = {"sync_mark_failed": "syncfail", "deferred_mark_success": "defsuccess", "sync_keep": "keep",
                  "deferred_clear": "defclear"}
@@ -362,7 +373,7 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
         assert task("keep").status == "running"
 
         before = task("defclear").attempt
-        reads = task("defclear").reads
+        _, old_try, old_trigger = ti_row("deferred_clear")
         cluster.api("POST", "dags/panda_actions/clearTaskInstances",
                     {"dry_run": False, "task_ids": ["deferred_clear"], "dag_run_id": run_id, "only_failed": False,
                      "reset_dag_runs": True})
@@ -370,13 +381,23 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
             wait_until(lambda: task("defclear").attempt == before + 1 and task("defclear").status == "running",
                        180, "the cleared instance to re-execute its aborted task", cluster.procs)
         else:  # Airflow < 3.3 has no trigger on_kill: the task runs on and the next try reattaches
-            wait_until(lambda: ti_state("deferred_clear") == "deferred" and task("defclear").reads > reads + 2,
-                       180, "the cleared instance to wait on its task again", cluster.procs)
+            # the next try deferred with a trigger of its own (the old one may poll on for a while, so
+            # its reads prove nothing), and that trigger has read the task twice: it is settled in, and
+            # the end below does not race the LocalExecutor's bookkeeping of the deferral
+            def redeferred():
+                state, number, trigger = ti_row("deferred_clear")
+                return state == "deferred" and number > old_try and trigger not in (None, old_trigger)
+
+            wait_until(redeferred, 180, "the cleared instance to defer again", cluster.procs, diagnose)
+            reads = task("defclear").reads
+            wait_until(lambda: task("defclear").reads > reads + 2, 180, "its new trigger to poll",
+                       cluster.procs, diagnose)
         server.sim.force(task("defclear").task_id, status="running", outcomes=["done"])
         server.sim.force(task("keep").task_id, status="running", outcomes=["done"])
         if not TRIGGER_ON_KILL:
             server.sim.force(task("defsuccess").task_id, status="running", outcomes=["done"])
-        wait_until(lambda: ti_state("deferred_clear") == "success", 180, "deferred_clear to succeed", cluster.procs)
+        wait_until(lambda: ti_state("deferred_clear") == "success", 180, "deferred_clear to succeed", cluster.procs,
+                   diagnose)
         log = cluster.ti_log("panda_actions", "deferred_clear")
         if TRIGGER_ON_KILL:
             assert "Killing PanDA task" in log and "re-executing it through PanDA's incremental execution" in log
