@@ -239,3 +239,16 @@ def test_a_proxy_that_expires_during_the_wait_ends_it_with_an_error(tls_server, 
     assert (event["status"], event["error_type"]) == ("error", "PandaCertificateError")
     assert f"x509 proxy {proxy} expired" in event["message"]
 
+
+def test_on_kill_keeps_within_the_triggerers_budget(hook, panda_server, monkeypatch, capsys):
+    """The triggerer gives on_kill() [triggerer] on_kill_timeout seconds: a kill whose answer is late
+    (the server slow, the client's 60 s timeout) is given up within that budget, with a clear log."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killslow"))
+    wait_status(hook, task_id, {"running"})
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "2")
+    panda_server.panda.faults.append("slow:5@task/kill")  # the kill acts, its answer comes 5 s late
+    capsys.readouterr()
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id).on_kill(), 10))
+    assert time.monotonic() - started < 2.0
+    assert f"PanDA task {task_id} may not be killed" in "".join(capsys.readouterr())

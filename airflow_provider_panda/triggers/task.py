@@ -25,6 +25,11 @@ from airflow_provider_panda.waiting import (
 
 _T = TypeVar("_T")
 
+#: Airflow's default ``[triggerer] on_kill_timeout`` (seconds the triggerer waits for on_kill()).
+ON_KILL_TIMEOUT = 30
+#: Our kill ends this long (at most a fifth of the budget) before the triggerer gives up on it.
+ON_KILL_MARGIN = 5.0
+
 #: Attributes of a PanDA error that cross the trigger boundary with its type and message.
 _ERROR_ATTRIBUTES = ("status_code", "text", "server_message", "code", "task_id", "status", "action")
 
@@ -201,21 +206,50 @@ class PandaTaskTrigger(BaseTrigger):
             return None
 
     async def on_kill(self) -> None:
-        """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked."""
+        """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked.
+
+        The triggerer waits ``[triggerer] on_kill_timeout`` seconds for this, then gives up on it
+        silently: the kill (with the client's retries and timeouts) is tried within a margin below
+        that budget, and a kill that did not get through says so."""
         if not self.cancel_on_kill:
             self.log.info("The Airflow task was killed; PanDA task %s is left running (cancel_on_kill is off)",
                           self.jedi_task_id)
             return
+        budget = kill_budget()
+        self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
+        try:
+            await asyncio.wait_for(self._kill(), budget)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            self.log.warning("PanDA task %s may not be killed: the kill got no answer within %.0f s (the triggerer "
+                             "allows on_kill %s s, [triggerer] on_kill_timeout); kill it by hand if it still runs",
+                             self.jedi_task_id, budget, on_kill_timeout())
+        except PandaError as exc:
+            self.log.warning("PanDA task %s may not be killed: the kill failed (%s); kill it by hand if it still "
+                             "runs", self.jedi_task_id, exc)
+
+    async def _kill(self) -> None:
         from airflow_provider_panda.hooks.panda import AsyncPandaClient
 
         client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         try:
-            self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
             await client.kill_task(self.jedi_task_id)
         except PandaCommandRejected as exc:
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
+
+
+def on_kill_timeout() -> float:
+    """The triggerer's budget for ``on_kill()`` (Airflow >= 3.3's ``[triggerer] on_kill_timeout``)."""
+    from airflow_provider_panda.compat import conf
+
+    return float(conf.getint("triggerer", "on_kill_timeout", fallback=ON_KILL_TIMEOUT))
+
+
+def kill_budget() -> float:
+    """The time our kill may take: the triggerer's budget less a margin to log and close in."""
+    budget = on_kill_timeout()
+    return max(0.1, budget - min(ON_KILL_MARGIN, budget / 5))
 
 
 class _OwnSource:
