@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from conftest import params_with_outcomes, wait_status
@@ -144,8 +145,9 @@ def test_a_back_dated_status_ends_the_wait_within_k_rounds(hook, panda_server, b
 
 def test_empty_feed_answers_do_not_lose_a_change(hook, panda_server, monkeypatch):
     """The server answers {} on a database error: when such answers last longer than the window
-    margin (here 1 s, at 0.1 s rounds), the change falls out of every feed window; the sweep finds it
-    (and an empty sweep is not taken for a true one)."""
+    margin (here 1 s, at 0.1 s rounds), the change falls out of every feed window; the task's own read,
+    due once no answer has confirmed it for 2 K rounds (an empty sweep is not taken for a true one),
+    finds it while the feed is still answering {}."""
     from datetime import timedelta
 
     from airflow_provider_panda.triggers import poller
@@ -156,11 +158,13 @@ def test_empty_feed_answers_do_not_lose_a_change(hook, panda_server, monkeypatch
 
     def change():
         panda_server.sim.force(task_id, status="done")
-        panda_server.panda.faults.extend(["empty"] * faults)  # 3 s of rounds answered {}
+        # 3 s of rounds answered {} (only this call answers {} on a database error: a task's own
+        # status read answered {} is an answer we cannot read, which ends that task's wait)
+        panda_server.panda.faults.extend(["empty@task/get_tasks_modified_since"] * faults)
 
     event, rounds = watch_until_event(task_id, change, interval=0.1)
-    assert event["task_status"] == "done" and not panda_server.panda.faults
-    assert rounds <= faults + poller.SWEEP_EVERY + 1
+    assert event["task_status"] == "done" and panda_server.panda.faults  # found during the outage
+    assert rounds <= 2 * poller.SWEEP_EVERY + 1
 
 
 def test_a_server_clock_far_behind_ours(hook, panda_server):
@@ -294,3 +298,142 @@ def list_pollers():
     from airflow_provider_panda.triggers import poller
 
     return list(poller._REGISTRY.values())
+
+
+# --- errors no later round can mend reach every waiter; a failed read never confirms a reading ----
+
+NOT_A_DICT = 'body:{"success": true, "data": [1, 2]}@task/get_tasks_modified_since'
+
+
+def test_an_unreadable_bulk_answer_ends_every_wait_with_an_error(hook, panda_server):
+    """A modified-since answer of a shape we cannot read (PandaResponseError) is not mended by the
+    next round: every wait on the connection ends with an error event, as the sync path fails."""
+    ids = hanging(hook, panda_server, 3, "badshape")
+    panda_server.panda.faults.extend([NOT_A_DICT] * 100)  # every round: more than any wait could need
+
+    async def scenario():
+        waits = [first_event(PandaTaskTrigger(t, poll_interval=INTERVAL)) for t in ids]
+        return await asyncio.wait_for(asyncio.gather(*waits), 20)
+
+    events = asyncio.run(scenario())
+    assert {(e["status"], e["error_type"]) for e in events} == {("error", "PandaResponseError")}
+    assert sorted(e["jedi_task_id"] for e in events) == sorted(ids)
+    assert not list_pollers()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_an_unreadable_token_file_ends_the_wait_with_an_error(hook, panda_server, conn_env, tmp_path, shared):
+    """The token file disappears during the wait: no round can mend it (the connection still names
+    it), so the wait ends with an error event instead of a warning per round forever."""
+    import json
+    import os
+
+    token_file = tmp_path / "token"
+    token_file.write_text(panda_server.token("user"))
+    conn = panda_server.connection("user", retry_wait=0.01, max_retries=0, token_file=str(token_file))
+    conn["password"] = ""
+    os.environ["AIRFLOW_CONN_PANDA_TOKENFILE"] = json.dumps(conn)
+    try:
+        [task_id] = hanging(hook, panda_server, 1, "tokenfile")
+
+        async def scenario():
+            wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, "panda_tokenfile", INTERVAL,
+                                                                      shared_poller=shared)))
+            reads = sum(polls(panda_server))
+            await until(lambda: sum(polls(panda_server)) >= reads + 2)  # the wait is under way
+            token_file.unlink()
+            return await asyncio.wait_for(wait, 20)
+
+        event = asyncio.run(scenario())
+    finally:
+        del os.environ["AIRFLOW_CONN_PANDA_TOKENFILE"]
+    assert (event["status"], event["error_type"]) == ("error", "PandaConnectionConfigError")
+    assert "cannot read token_file" in event["message"]
+
+
+def no_bulk(panda_server, monkeypatch):
+    monkeypatch.setitem(panda_server.panda.handlers.__dict__, "get_tasks_modified_since", None)
+
+
+def test_without_bulk_a_failed_read_is_no_confirmation(hook, panda_server, monkeypatch):
+    """Task by task (no modified-since on the server), a read that failed leaves the waiter waiting:
+    the last reading is not handed out again as if this round had read it."""
+    [task_id] = hanging(hook, panda_server, 1, "nobulkfail")
+    no_bulk(panda_server, monkeypatch)
+
+    async def scenario():
+        poller = await SharedPoller.acquire("panda_default", 0.05, _Log())
+        try:
+            status, started = await poller.next_status(task_id, poller.watch(task_id))
+            assert status == "running" and not poller.bulk
+            panda_server.panda.fault_kinds, panda_server.panda.fault_rate = ["503"], 1.0  # every read fails
+            rounds = poller.rounds
+            later = asyncio.ensure_future(poller.next_status(task_id, started))
+            await until(lambda: poller.rounds >= rounds + 4)
+            confirmed = later.done()
+            panda_server.panda.fault_rate = 0.0
+            status, _ = await asyncio.wait_for(later, 10)  # the reads work again: a true reading
+            return confirmed, status
+        finally:
+            panda_server.panda.fault_rate = 0.0
+            await poller.unwatch(task_id)
+
+    confirmed, status = asyncio.run(scenario())
+    assert not confirmed and status == "running"
+
+
+def test_an_empty_sweep_is_no_confirmation(hook, panda_server, monkeypatch):
+    """A sweep answered {} (the server's database error) confirms nothing: the waiter gets its next
+    reading only from a round that read the task (here: its own read once the sweeps stay empty)."""
+    from airflow_provider_panda.triggers import poller as poller_module
+
+    monkeypatch.setattr(poller_module, "SWEEP_EVERY", 1)  # every round is a sweep
+    [task_id] = hanging(hook, panda_server, 1, "emptysweep")
+
+    async def scenario():
+        poller = await SharedPoller.acquire("panda_default", 0.05, _Log())
+        try:
+            await poller.next_status(task_id, poller.watch(task_id))
+            await until(lambda: task_id in poller.covered)  # a sweep listed it: later sweeps must too
+            panda_server.panda.faults.extend(["empty@task/get_tasks_modified_since"] * 1000)
+            singles = poller.sent["single"]
+            status, _ = await asyncio.wait_for(poller.next_status(task_id, time.monotonic()), 10)
+            return status, poller.sent["single"] - singles
+        finally:
+            panda_server.panda.faults.clear()
+            await poller.unwatch(task_id)
+
+    status, singles = asyncio.run(scenario())
+    assert status == "running" and singles >= 1  # the reading came from a read of the task itself
+
+
+def test_without_bulk_refused_credentials_end_every_wait(hook, panda_server, monkeypatch):
+    """Task by task, a 403 on the per-task read is the credentials refused: every wait ends with the
+    auth error (as with the bulk call), not a warning per task per round forever."""
+    ids = hanging(hook, panda_server, 2, "nobulk403")
+    no_bulk(panda_server, monkeypatch)
+    panda_server.panda.fault_kinds, panda_server.panda.fault_rate = ["403"], 1.0
+
+    async def scenario():
+        waits = [first_event(PandaTaskTrigger(t, poll_interval=INTERVAL)) for t in ids]
+        return await asyncio.wait_for(asyncio.gather(*waits), 20)
+
+    events = asyncio.run(scenario())
+    assert {(e["status"], e["error_type"]) for e in events} == {("error", "PandaAuthError")}
+
+
+def test_without_bulk_a_refused_read_ends_that_wait(hook, panda_server, monkeypatch):
+    """Task by task, the server saying no about the task itself (success: false) is an answer, not a
+    fault: the wait ends with that error, as it does with the trigger's own reads."""
+    [task_id] = hanging(hook, panda_server, 1, "nobulkno")
+    no_bulk(panda_server, monkeypatch)
+
+    async def scenario():
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=INTERVAL)))
+        poller = await until(lambda: next((p for p in list_pollers() if task_id in p.watchers), None))
+        await until(lambda: task_id in poller.readings)
+        panda_server.panda.faults.append('body:{"success": false, "message": "no such luck"}@task/get_status')
+        return await asyncio.wait_for(wait, 20)
+
+    event = asyncio.run(scenario())
+    assert (event["status"], event["error_type"], event["message"]) == ("error", "PandaCallFailed", "no such luck")

@@ -174,3 +174,81 @@ def test_on_kill_kills_the_panda_task(hook, panda_server):
     asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())
     assert wait_status(hook, task_id, {"aborted"}) == "aborted"
     asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())  # already aborted: no error
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_the_timeout_fires_at_the_deadline_while_every_read_fails(hook, panda_server, monkeypatch, shared):
+    """Every request fails (transiently) and each read, with its retries and backoff, takes longer
+    than the whole wait may: the timeout event still comes at the deadline, not after the reads."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "deadline"))
+    wait_status(hook, task_id, {"running"})
+    import json
+
+    slow = panda_server.connection(max_retries=6, retry_wait=2.0)  # one read: at least 1+2+4+8+16+30 s of backoff
+    monkeypatch.setenv("AIRFLOW_CONN_PANDA_DEFAULT", json.dumps(slow))
+    panda_server.panda.fault_kinds, panda_server.panda.fault_rate = ["503"], 1.0
+    end_time = time.time() + 1.0
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.05, end_time=end_time, shared_poller=shared))
+    late = time.time() - end_time
+    assert (event["status"], event["task_status"]) == ("timeout", None)
+    assert 0 <= late < 2.0
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_a_deadline_already_past_still_reads_once(hook, panda_server, shared):
+    """A wait resumed after its deadline (the triggerer was down) still takes one reading, so a task
+    that ended meanwhile is not taken for a timeout."""
+    task_id = hook.submit_task(task_params("pastdeadline"))
+    wait_status(hook, task_id, {"done"})
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.05, end_time=time.time() - 60, shared_poller=shared))
+    assert (event["status"], event["task_status"]) == ("success", "done")
+
+
+@pytest.fixture(scope="module")
+def tls_server():
+    from airflow_provider_panda.testing.server import LocalPandaServer
+
+    with LocalPandaServer(step=0.05, client_certs=True) as server:
+        yield server
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
+def test_a_proxy_that_expires_during_the_wait_ends_it_with_an_error(tls_server, monkeypatch, tmp_path, shared):
+    """The x509 proxy expires mid-wait (here: replaced by an expired one): no round can mend it, so
+    the wait ends with the certificate error naming the file, as the sync path does."""
+    import json
+
+    from airflow_provider_panda.hooks.panda import PandaHook
+
+    proxy = tls_server.x509_proxy(str(tmp_path / "proxy"), "user")
+    conn = {"conn_type": "panda", "host": tls_server.url,
+            "extra": {"vo": "atlas", "retry_wait": 0.01, "max_retries": 0, "ca_path": tls_server.tls[0],
+                      "x509_proxy": proxy}}
+    monkeypatch.setenv("AIRFLOW_CONN_PANDA_PROXY", json.dumps(conn))
+    task_id = PandaHook("panda_proxy").submit_task(params_with_outcomes(tls_server, ["hang"], "proxyexpiry"))
+
+    async def scenario():
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, "panda_proxy", poll_interval=0.05,
+                                                                  shared_poller=shared)))
+        reads = status_reads(tls_server)
+        await until(lambda: status_reads(tls_server) >= reads + 2)  # the wait is under way
+        tls_server.x509_proxy(proxy, "user", lifetime=-60)
+        return await asyncio.wait_for(wait, 20)
+
+    event = asyncio.run(scenario())
+    assert (event["status"], event["error_type"]) == ("error", "PandaCertificateError")
+    assert f"x509 proxy {proxy} expired" in event["message"]
+
+
+def test_on_kill_keeps_within_the_triggerers_budget(hook, panda_server, monkeypatch, capsys):
+    """The triggerer gives on_kill() [triggerer] on_kill_timeout seconds: a kill whose answer is late
+    (the server slow, the client's 60 s timeout) is given up within that budget, with a clear log."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killslow"))
+    wait_status(hook, task_id, {"running"})
+    monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "2")
+    panda_server.panda.faults.append("slow:5@task/kill")  # the kill acts, its answer comes 5 s late
+    capsys.readouterr()
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id).on_kill(), 10))
+    assert time.monotonic() - started < 2.0
+    assert f"PanDA task {task_id} may not be killed" in "".join(capsys.readouterr())

@@ -26,12 +26,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow_provider_panda.exceptions import (
-    PandaAuthError,
     PandaCallFailed,
     PandaError,
     PandaHTTPError,
     PandaNotFoundError,
+    PandaResponseError,
 )
+from airflow_provider_panda.transport import is_transient
 
 #: How far before the last good round a window starts (at least two intervals, see margin()):
 #: covers clock skew between us and the server and a round that took long.
@@ -79,8 +80,11 @@ class SharedPoller:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _loop_task: asyncio.Task | None = None
 
-    #: An error no later round can mend (credentials refused): every waiter gets it.
-    error: PandaError | None = None
+    #: An error no later round can mend (credentials refused, proxy expired, token file gone, an
+    #: answer we cannot read): every waiter gets it.
+    error: BaseException | None = None
+    #: The same for one task (the server said no to its own read): that task's waiters get it.
+    task_errors: dict[int, PandaError] = field(default_factory=dict)
 
     # --- one poller per (connection, interval) per event loop -----------------------------------
 
@@ -116,6 +120,7 @@ class SharedPoller:
             return
         self.watchers.pop(task_id, None)
         self.readings.pop(task_id, None)
+        self.task_errors.pop(task_id, None)
         self.confirmed.pop(task_id, None)
         self.swept.discard(task_id)
         if not self.watchers:
@@ -124,10 +129,12 @@ class SharedPoller:
     async def next_status(self, task_id: int, fresh_after: float) -> tuple[str | None, float]:
         """Wait for a round that started after ``fresh_after`` and return the task's status then."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.error is not None or (
+            await self._changed.wait_for(lambda: self.error is not None or task_id in self.task_errors or (
                 (r := self.readings.get(task_id)) is not None and r.round_started > fresh_after))
             if self.error is not None:
                 raise self.error
+            if task_id in self.task_errors:
+                raise self.task_errors[task_id]
             reading = self.readings[task_id]
         return reading.status, reading.round_started
 
@@ -139,17 +146,19 @@ class SharedPoller:
                 started = time.monotonic()
                 try:
                     await self._round(started)
-                except PandaAuthError as exc:
-                    if await self.client.reload(force=True):  # the connection has new credentials
-                        self.log.warning("PanDA refused the credentials (%s); retrying with the connection's "
+                except Exception as exc:
+                    if is_transient(exc):  # every waiter keeps waiting (to its own deadline); the next round tries
+                        self.log.warning("PanDA status round failed (%s); all waits continue", exc)
+                    elif await self.client.reload(force=True):  # the connection has new credentials or settings
+                        self.log.warning("PanDA status round failed (%s); retrying with the connection's "
                                          "new settings", exc)
                         continue
-                    async with self._changed:  # no later round can mend it: every waiter is told
-                        self.error = exc
-                        self._changed.notify_all()
-                    return
-                except Exception as exc:  # every waiter keeps waiting; the next round tries again
-                    self.log.warning("PanDA status round failed (%s); all waits continue", exc)
+                    else:  # no later round can mend it (as the sync wait fails on it): every waiter is told
+                        self.log.error("PanDA status round failed (%s); ending every wait on this connection", exc)
+                        async with self._changed:
+                            self.error = exc
+                            self._changed.notify_all()
+                        return
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
         finally:
             _REGISTRY.pop((id(asyncio.get_running_loop()), *self.key), None)
@@ -161,12 +170,13 @@ class SharedPoller:
         self.rounds += 1
         watched = list(self.watchers)
         fresh: dict[int, str | None] = {}
-        sweep_answered = False
+        answered = sweep_answered = False
         if self.bulk:
             new = sum(1 for t in watched if t not in self.readings)
             sweep = self.rounds - self.last_sweep >= SWEEP_EVERY or new >= SWEEP_FOR_NEW
-            found, sweep_answered = await self._bulk(watched, sweep)
-            fresh.update(found)
+            found = await self._bulk(watched, sweep)
+            answered, sweep_answered = found is not None, found is not None and sweep
+            fresh.update(found or {})
         # Read one by one: without bulk, every task; with it, tasks with no reading yet (a new wait),
         # tasks a sweep did not list or listed under another task's reqID (someone else's task,
         # another label: the feed cannot show them), and tasks no answer has confirmed for
@@ -184,13 +194,15 @@ class SharedPoller:
                 if task_id in fresh:
                     self.readings[task_id] = Reading(fresh[task_id], started)
                     self.confirmed[task_id] = self.rounds
-                elif task_id in self.readings:  # covered, unchanged since the last round: still true
+                elif answered and task_id in self.covered and task_id in self.readings:
+                    # an answer that would list it had it changed did not: still true. Nothing else
+                    # confirms a reading (a failed read, an answer that cannot show the task).
                     self.readings[task_id] = Reading(self.readings[task_id].status, started)
                 self.confirmed.setdefault(task_id, self.rounds)
             self._changed.notify_all()
 
-    async def _bulk(self, watched: list[int], sweep: bool) -> tuple[dict[int, str | None], bool]:
-        """Statuses from the change feed, or from a sweep; and whether a sweep was answered sensibly."""
+    async def _bulk(self, watched: list[int], sweep: bool) -> dict[int, str | None] | None:
+        """Statuses from the change feed, or from a sweep; None if there is no answer to trust."""
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         if sweep:
             since, min_task_id = SWEEP_SINCE, max(0, min(watched) - 1)
@@ -205,14 +217,14 @@ class SharedPoller:
                 raise
             self.log.warning("The server does not serve tasks-modified-since (%s): polling task by task", exc)
             self.bulk = False
-            return {}, False
+            return None
         wanted = set(watched)
         found = {task_id: info.get("status") for task_id, info in tasks.items() if task_id in wanted}
         if sweep and not found and wanted & self.covered:
             # Every watched task the feed has shown should be listed: an empty answer is the server's
             # "{}" on a database error. The feed's window is not moved on; the sweep stays due.
             self.log.warning("PanDA answered a status sweep with no watched task; sweeping again next round")
-            return {}, False
+            return None
         self.last_ok_start = now
         if sweep:
             self.last_sweep = self.rounds
@@ -220,9 +232,12 @@ class SharedPoller:
         # The server keys its answer by reqID: a task with a reqID of its own may be hidden behind
         # another one, so only tasks keyed by their own id count as covered by later answers.
         self.covered.update(t for t in found if tasks[t].get("reqID") in (None, t))
-        return found, sweep
+        return found
 
     async def _single(self, task_ids: list[int]) -> dict[int, str | None]:
+        """Each task's own status read. A transient failure leaves the task unread this round; the
+        server saying no about one task ends that task's waits; any other error (credentials refused,
+        proxy expired...) is the connection's and fails the round, as a failed bulk call does."""
         gate = asyncio.Semaphore(FALLBACK_CONCURRENCY)
 
         async def one(task_id: int) -> tuple[int, str | None] | None:
@@ -232,11 +247,25 @@ class SharedPoller:
                     return task_id, await self.client.get_task_status(task_id)
                 except PandaNotFoundError:
                     return task_id, None
+                except (PandaCallFailed, PandaResponseError) as exc:
+                    if is_transient(exc):
+                        self.log.warning("PanDA task %s: status read failed (%s)", task_id, exc)
+                        return None
+                    self.log.error("PanDA task %s: status read refused (%s); ending its waits", task_id, exc)
+                    async with self._changed:
+                        self.task_errors[task_id] = exc
+                        self._changed.notify_all()
+                    return None
                 except PandaError as exc:
+                    if not is_transient(exc):
+                        raise
                     self.log.warning("PanDA task %s: status read failed (%s)", task_id, exc)
                     return None
 
-        results = await asyncio.gather(*(one(t) for t in task_ids))
+        results = await asyncio.gather(*(one(t) for t in task_ids), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return dict(r for r in results if r is not None)
 
     async def _close(self) -> None:

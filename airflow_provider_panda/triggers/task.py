@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -22,6 +22,13 @@ from airflow_provider_panda.waiting import (
     TaskWatch,
     WaitSpec,
 )
+
+_T = TypeVar("_T")
+
+#: Airflow's default ``[triggerer] on_kill_timeout`` (seconds the triggerer waits for on_kill()).
+ON_KILL_TIMEOUT = 30
+#: Our kill ends this long (at most a fifth of the budget) before the triggerer gives up on it.
+ON_KILL_MARGIN = 5.0
 
 #: Attributes of a PanDA error that cross the trigger boundary with its type and message.
 _ERROR_ATTRIBUTES = ("status_code", "text", "server_message", "code", "task_id", "status", "action")
@@ -132,20 +139,25 @@ class PandaTaskTrigger(BaseTrigger):
         except PandaError as exc:
             yield self._event(ERROR, None, str(exc), exc)
             return
+        first = True
         try:
             while True:
+                verdict = None
                 try:
-                    status = await source.read()
-                    info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
-                    verdict = watch.observe(status, info)
-                    if watch.moved:
-                        watch.log_progress(info or await self._info_or_none(source.client))
+                    # The deadline bounds the wait for a reading too (rounds failing, a read's retries
+                    # and backoff); a wait started past it still gets one reading (the triggerer was down).
+                    grace, first = first, False
+                    read = await self._before_deadline(self._read(source, watch), grace)
+                    if read is not None:
+                        status, info = read
+                        verdict = watch.observe(status, info)
+                        if watch.moved:
+                            watch.log_progress(info or await self._before_deadline(self._info_or_none(source.client)))
                 except PandaError as exc:
                     if not is_transient(exc):
                         yield self._event(ERROR, watch.last_status, str(exc), exc)
                         return
                     self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
-                    verdict = None
                 if verdict in (SUCCESS, FAILURE):
                     message = f"PanDA task {self.jedi_task_id} is {watch.last_status}"
                     yield self._event(verdict, watch.last_status, message)
@@ -154,13 +166,37 @@ class PandaTaskTrigger(BaseTrigger):
                     message = f"PanDA task {self.jedi_task_id} is not known to the server"
                     yield self._event(ERROR, None, message, PandaNotFoundError(message))
                     return
-                if self.end_time is not None and time.time() >= self.end_time:
-                    yield self._event(TIMEOUT, watch.last_status,
-                                      f"PanDA task {self.jedi_task_id} still {watch.last_status} at the timeout")
+                if self._time_left() == 0:
+                    yield self._event(TIMEOUT, watch.last_status, (
+                        f"PanDA task {self.jedi_task_id} still {watch.last_status} at the timeout"
+                        if watch.last_status is not None else
+                        f"PanDA task {self.jedi_task_id} had no known status at the timeout"))
                     return
-                await source.pause()
+                await source.pause(self._time_left())
         finally:
             await source.close()
+
+    def _time_left(self) -> float | None:
+        """Seconds until ``end_time`` (0 once past it); None without a deadline."""
+        return None if self.end_time is None else max(0.0, self.end_time - time.time())
+
+    async def _before_deadline(self, step: Awaitable[_T], first: bool = False) -> _T | None:
+        """``step``'s result, or None if ``end_time`` came first (the first step always gets one
+        poll interval, so a wait resumed past its deadline still takes a reading)."""
+        limit = self._time_left()
+        if limit is not None and first:
+            limit = max(limit, self.poll_interval)
+        if limit is None:
+            return await step
+        try:
+            return await asyncio.wait_for(step, limit)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            return None
+
+    async def _read(self, source: _OwnSource | _SharedSource, watch: TaskWatch) -> tuple[str | None, Any]:
+        status = await source.read()
+        info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
+        return status, info
 
     async def _info_or_none(self, client: Any) -> dict[str, Any] | None:
         """Task-level progress for the log; a failed read only leaves the line out."""
@@ -170,21 +206,50 @@ class PandaTaskTrigger(BaseTrigger):
             return None
 
     async def on_kill(self) -> None:
-        """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked."""
+        """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked.
+
+        The triggerer waits ``[triggerer] on_kill_timeout`` seconds for this, then gives up on it
+        silently: the kill (with the client's retries and timeouts) is tried within a margin below
+        that budget, and a kill that did not get through says so."""
         if not self.cancel_on_kill:
             self.log.info("The Airflow task was killed; PanDA task %s is left running (cancel_on_kill is off)",
                           self.jedi_task_id)
             return
+        budget = kill_budget()
+        self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
+        try:
+            await asyncio.wait_for(self._kill(), budget)
+        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+            self.log.warning("PanDA task %s may not be killed: the kill got no answer within %.0f s (the triggerer "
+                             "allows on_kill %s s, [triggerer] on_kill_timeout); kill it by hand if it still runs",
+                             self.jedi_task_id, budget, on_kill_timeout())
+        except PandaError as exc:
+            self.log.warning("PanDA task %s may not be killed: the kill failed (%s); kill it by hand if it still "
+                             "runs", self.jedi_task_id, exc)
+
+    async def _kill(self) -> None:
         from airflow_provider_panda.hooks.panda import AsyncPandaClient
 
         client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         try:
-            self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
             await client.kill_task(self.jedi_task_id)
         except PandaCommandRejected as exc:
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
+
+
+def on_kill_timeout() -> float:
+    """The triggerer's budget for ``on_kill()`` (Airflow >= 3.3's ``[triggerer] on_kill_timeout``)."""
+    from airflow_provider_panda.compat import conf
+
+    return float(conf.getint("triggerer", "on_kill_timeout", fallback=ON_KILL_TIMEOUT))
+
+
+def kill_budget() -> float:
+    """The time our kill may take: the triggerer's budget less a margin to log and close in."""
+    budget = on_kill_timeout()
+    return max(0.1, budget - min(ON_KILL_MARGIN, budget / 5))
 
 
 class _OwnSource:
@@ -205,8 +270,10 @@ class _OwnSource:
         except PandaNotFoundError:
             return None
 
-    async def pause(self) -> None:
-        await asyncio.sleep(self.trigger.poll_interval)
+    async def pause(self, time_left: float | None) -> None:
+        """One poll interval, or less if the deadline comes first."""
+        await asyncio.sleep(self.trigger.poll_interval if time_left is None else min(self.trigger.poll_interval,
+                                                                                     time_left))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -229,7 +296,7 @@ class _SharedSource:
         status, self.fresh_after = await self.poller.next_status(self.trigger.jedi_task_id, self.fresh_after)
         return status
 
-    async def pause(self) -> None:
+    async def pause(self, time_left: float | None) -> None:
         """Nothing to wait for here: the next read waits for the poller's next round."""
 
     async def close(self) -> None:
