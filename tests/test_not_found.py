@@ -94,7 +94,8 @@ def test_a_failed_progress_read_does_not_fail_the_sensor(panda_server, hook, cap
     assert len(panda_server.panda.faults) == 4  # the progress read was tried once, on running -> done
 
 
-def test_details_not_found_during_a_stale_wait_is_waited_for(panda_server, hook):
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_details_not_found_during_a_stale_wait_is_waited_for(panda_server, hook, deferrable):
     """After a retry the old ``failed`` is checked against the task's details; the details answer
     "not found" once (a database error on the real server): the wait goes on and sees done."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "nodetails"))
@@ -111,7 +112,7 @@ def test_details_not_found_during_a_stale_wait_is_waited_for(panda_server, hook)
 
     thread = _in_background(script)
     run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id}, wait_for_completion=True, "
-                  f"poll_interval=0.05, not_found_grace=60)")
+                  f"poll_interval=0.05, not_found_grace=60, deferrable={deferrable})")
     thread.join(timeout=120)
     assert not thread.errors, thread.errors
     assert run.states == {"retry": "success"}

@@ -195,7 +195,10 @@ class PandaTaskTrigger(BaseTrigger):
 
     async def _read(self, source: _OwnSource | _SharedSource, watch: TaskWatch) -> tuple[str | None, Any]:
         status = await source.read()
-        info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
+        try:
+            info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
+        except PandaNotFoundError:  # the details are missing too: a reading of "not found" (the grace)
+            return None, None
         return status, info
 
     async def _info_or_none(self, client: Any) -> dict[str, Any] | None:
