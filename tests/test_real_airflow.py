@@ -373,7 +373,7 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
         assert task("keep").status == "running"
 
         before = task("defclear").attempt
-        _, old_try, old_trigger = ti_row("deferred_clear")
+        old_try = ti_row("deferred_clear")[1]
         cluster.api("POST", "dags/panda_actions/clearTaskInstances",
                     {"dry_run": False, "task_ids": ["deferred_clear"], "dag_run_id": run_id, "only_failed": False,
                      "reset_dag_runs": True})
@@ -381,14 +381,17 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
             wait_until(lambda: task("defclear").attempt == before + 1 and task("defclear").status == "running",
                        180, "the cleared instance to re-execute its aborted task", cluster.procs)
         else:  # Airflow < 3.3 has no trigger on_kill: the task runs on and the next try reattaches
-            # the next try deferred with a trigger of its own (the old one may poll on for a while, so
-            # its reads prove nothing), and that trigger has read the task twice: it is settled in, and
-            # the end below does not race the LocalExecutor's bookkeeping of the deferral
+            # the next try deferred and the triggerer started its trigger (the old one may poll on for a
+            # while, so its reads prove nothing; SQLite may give the new trigger the old one's id), and
+            # that trigger has read the task: it is settled in, and the end below does not race the
+            # LocalExecutor's bookkeeping of the deferral
             def redeferred():
-                state, number, trigger = ti_row("deferred_clear")
-                return state == "deferred" and number > old_try and trigger not in (None, old_trigger)
+                state, number, _ = ti_row("deferred_clear")
+                return state == "deferred" and number > old_try and number
 
-            wait_until(redeferred, 180, "the cleared instance to defer again", cluster.procs, diagnose)
+            new_try = wait_until(redeferred, 180, "the cleared instance to defer again", cluster.procs, diagnose)
+            wait_until(lambda: f"/deferred_clear/-1/{new_try} (ID" in cluster.ti_log("panda_actions", "deferred_clear"),
+                       180, "the triggerer to start its new trigger", cluster.procs, diagnose)
             reads = task("defclear").reads
             wait_until(lambda: task("defclear").reads > reads + 2, 180, "its new trigger to poll",
                        cluster.procs, diagnose)
