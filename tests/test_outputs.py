@@ -156,7 +156,7 @@ def test_real_server_outputs_in_xcom_and_asset_event(real_server, monkeypatch):
     params["jobParameters"] = [*params["jobParameters"], {
         "type": "template", "param_type": "output", "value": "user.alice.$JEDITASKID._${SN/P}.out.txt",
         "dataset": f"{name}_out.txt/", "container": f"{name}_out.txt/", "hidden": True}]
-    pilot = pilot_for(backend, name, ["done"])
+    pilot = pilot_for(backend, ["done"], task_name=name)
     run = run_dag(f"""
 from airflow.sdk import AssetAlias
 SubmitTaskOperator(task_id='submit', task_params=$params, deferrable=True, outlets=[AssetAlias('real-{name}')],
