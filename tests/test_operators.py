@@ -125,6 +125,9 @@ def test_timeout_kills_or_finishes_the_task(panda_server, capfd, action, final):
     assert "after 0.5 s" in "".join(capfd.readouterr())
 
 
+# Airflow's execution_timeout takes SIGALRM in dag.test()'s process, which silences pytest-timeout's
+# signal method (a hang here once went 15 minutes without a traceback): watch from a thread instead.
+@pytest.mark.timeout(300, method="thread")
 def test_airflow_retry_after_a_lost_worker_reattaches(panda_server, capfd):
     """The first try is cut off while waiting (execution_timeout); the retry finds the same task."""
     params = params_with_outcomes(panda_server, ["hang"], "crash")

@@ -166,6 +166,9 @@ def test_a_broken_task_fails_without_spending_retries(panda_server, capfd):
     assert "PanDA says: task is broken" in out
 
 
+# Airflow's execution_timeout takes SIGALRM in dag.test()'s process, which silences pytest-timeout's
+# signal method (a hang here once went 15 minutes without a traceback): watch from a thread instead.
+@pytest.mark.timeout(300, method="thread")
 def test_a_crash_between_submit_and_storing_the_id_leaves_one_task(panda_server, capfd):
     """The first try is cut off after the server accepted the task and before the answer arrived
     (execution_timeout during a slow answer); the retry finds the task by name and its owner key."""
