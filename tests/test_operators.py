@@ -129,16 +129,17 @@ def test_timeout_kills_or_finishes_the_task(panda_server, capfd, action, final):
 # signal method (a hang here once went 15 minutes without a traceback): watch from a thread instead.
 @pytest.mark.timeout(300, method="thread")
 def test_airflow_retry_after_a_lost_worker_reattaches(panda_server, capfd):
-    """The first try is cut off while waiting (execution_timeout); the retry finds the same task."""
+    """The first try is cut off by Airflow's task timeout while it waits on its running task (at
+    that moment, not after a fixed second: a 1 s execution_timeout once expired before a loaded
+    machine had even submitted); the retry finds the same task and, told to, it runs on to done."""
     params = params_with_outcomes(panda_server, ["hang"], "crash")
     name = params["taskName"]
-    # A rule change makes the task finish only once the second try is waiting on it.
     run = run_dag(f"""\
-        SubmitTaskOperator(task_id='submit', task_params=$params, {FAST}, retries=1,
-                           retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=1),
+        SubmitTaskOperator(task_id='submit', task_params=$params, {FAST}, retries=1, cancel_on_kill=False,
+                           retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=120),
                            on_execute_callback=$cb)
-        """, params=repr(params), cb=f"lambda ctx: __import__('tests_hooks').finish_on_retry(ctx, {name!r})")
-    assert run.states == {"submit": "success"}
+        """, params=repr(params), cb=f"lambda ctx: __import__('tests_hooks').cut_first_try_then_finish(ctx, {name!r})")
+    assert run.states == {"submit": "success"} and run.tries("submit") == 2
     assert len(tasks_named(panda_server, name)) == 1
     assert "Reattached to PanDA task" in "".join(capfd.readouterr())
 

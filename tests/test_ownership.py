@@ -173,11 +173,13 @@ def test_a_crash_between_submit_and_storing_the_id_leaves_one_task(panda_server,
     """The first try is cut off after the server accepted the task and before the answer arrived
     (execution_timeout during a slow answer); the retry finds the task by name and its owner key."""
     params = params_with_outcomes(panda_server, ["done"], "afcrash")
-    panda_server.panda.submit_delays[params["taskName"].replace(".", r"\.")] = 3.0
+    name = params["taskName"]
+    panda_server.panda.submit_delays[name.replace(".", r"\.")] = 60.0  # cut off long before the answer
     run = run_dag(f"""\
         SubmitTaskOperator(task_id='submit', task_params=$params, retries=1, retry_delay=timedelta(0),
-                           execution_timeout=timedelta(seconds=1.5), {FAST})
-        """, params=repr(params))
+                           execution_timeout=timedelta(seconds=120), on_execute_callback=$cb, {FAST})
+        """, params=repr(params),
+        cb=f"lambda ctx: __import__('tests_hooks').cut_first_try_when(ctx, {name!r}, running=False)")
     assert run.states == {"submit": "success"} and run.tries("submit") == 2
     [task] = named(panda_server, params["taskName"])
     assert task.attempt == 0 and run.xcom("submit") == task.task_id

@@ -697,7 +697,7 @@ class LocalPandaApp:
 def _task_view(task: Any) -> dict[str, Any]:
     return {"jediTaskID": task.task_id, "taskName": task.name, "status": task.status, "attempt": task.attempt,
             "owner": task.owner, "outcomes": task.outcomes, "jobs": list(task.job_ids),
-            "block_jobs": len(task.block), "recoveries": task.recoveries}
+            "block_jobs": len(task.block), "recoveries": task.recoveries, "reads": task.reads}
 
 
 # --- running it -------------------------------------------------------------------------------
