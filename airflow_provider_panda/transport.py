@@ -70,6 +70,9 @@ def parse(status_code: int, content: bytes, cfg: PandaConnectionConfig | None = 
     if status_code != 200:
         text = redact(content[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip(), cfg)
         if status_code == 403:
+            if "expired" in text.lower() and "token" in text.lower():
+                text += (" (the id token expired: paste a fresh one into the connection, or set its refresh "
+                         "token or token file so the hook renews it)")
             raise PandaAuthError(status_code, text)
         if status_code == 429 or status_code >= 500:
             raise PandaServerError(status_code, text)

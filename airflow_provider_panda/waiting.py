@@ -173,7 +173,8 @@ class TaskWatch:
                                  "error too); waiting up to %.0f s for it to come back", self.task_id,
                                  self.not_found_grace)
             elif status is None:
-                self.log.info("PanDA task %s is not visible yet (queued in DEFT)", self.task_id)
+                self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the id); "
+                              "waiting up to %.0f s", self.task_id, self.not_found_grace)
             else:
                 self.log.info("PanDA task %s: %s -> %s", self.task_id, self.last_status or "(start)", status)
         self.last_status = status

@@ -61,8 +61,9 @@ def test_expired_token_without_refresh_token_is_refused(panda_server, monkeypatc
     conn = panda_server.connection()
     conn["password"] = panda_server.token("user", lifetime=-5)
     monkeypatch.setenv("AIRFLOW_CONN_PANDA_X", json.dumps({**conn, "extra": {**conn["extra"], "max_retries": 0}}))
-    with pytest.raises(PandaAuthError, match="Signature has expired"):
+    with pytest.raises(PandaAuthError, match="Signature has expired") as refused:
         PandaHook("panda_x").get_job_ids(1)
+    assert "paste a fresh one into the connection, or set its refresh token or token file" in str(refused.value)
 
 
 def test_a_refused_refresh_is_a_clear_error_without_secrets(panda_server, monkeypatch):

@@ -145,7 +145,8 @@ class _PandaOperator(BaseOperator):
                 if time.monotonic() > deadline:
                     raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                              f"(waited {self.not_found_grace:.0f} s for it to appear)")
-                self.log.info("PanDA task %s is not visible yet (queued in DEFT); waiting", task_id)
+                self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the id); "
+                              "waiting up to %.0f s more", task_id, max(0.0, deadline - time.monotonic()))
             time.sleep(poll)
 
     def _mark(self, task_id: int, status: str) -> StaleMark:
@@ -727,6 +728,12 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
 
     def _already_done(self, status: str | None) -> bool:
         return status in api.COMMAND_REFUSED_IN[self.command]
+
+    def on_kill(self) -> None:
+        """This operator does not own the task it commands: killing it only stops the wait."""
+        if self._jedi_task_id is not None:
+            self.log.info("The Airflow task was killed: stopped waiting on PanDA task %s (a %s already sent "
+                          "stands)", self._jedi_task_id, self.command)
 
 
 class KillTaskOperator(_TerminateTaskOperator):
