@@ -78,7 +78,7 @@ demo: $(STAMP)
 
 ## Run the local PanDA server in the foreground (prints the connection as its first line).
 local-server: $(STAMP)
-	$(PY) -m airflow_provider_panda.testing.server --port 8443
+	@$(PY) -m airflow_provider_panda.testing.server --port 8443
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -35,7 +35,7 @@ def main() -> int:
     if not (DEMO / "airflow" / "airflow.db").exists():
         print("Setting up Airflow's metadata database in .demo/airflow ...", flush=True)
         subprocess.run(airflow + ["db", "migrate"], env=env, check=True, capture_output=True)
-    # Airflow 3.0's `dags test` reads DAGs from the database only: serialise the examples first.
+    # Airflow 3's `dags test` (and `dag.test()`) runs serialized DAGs: serialise the examples first.
     subprocess.run(airflow + ["dags", "reserialize"], env=env, check=True, capture_output=True)
 
     with LocalPandaServer(step=1.0) as server:

@@ -101,6 +101,10 @@ def test_command_line_prints_a_usable_connection():
                    "Origin": conn["extra"]["vo"]}
         answer = requests.get(conn["host"] + "/api/v1/task/get_status", params={"task_id": 1}, headers=headers)
         assert answer.json() == messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        # and a refresh token of the server's IdP, so a session longer than the id token's hour goes on
+        renewed = requests.post(conn["host"] + "/oidc/token", data={
+            "grant_type": "refresh_token", "refresh_token": conn["extra"]["refresh_token"], "client_id": "panda-x"})
+        assert renewed.status_code == 200 and renewed.json()["id_token"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

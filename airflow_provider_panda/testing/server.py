@@ -896,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     server = LocalPandaServer(port=args.port, host=args.host, step=args.step, rules=args.rule + DEMO_RULES,
                               tls=args.tls).start()
-    print(server.connection_uri_env(args.user), flush=True)
+    # with a refresh token of its own IdP, so a session longer than the id token's hour renews it
+    print(server.connection_uri_env(args.user, refresh_token=server.refresh_token(args.user)), flush=True)
     try:
         while True:
             time.sleep(3600)
