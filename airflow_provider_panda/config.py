@@ -227,3 +227,13 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
         max_retries=int(_as_number(extra.get("max_retries", DEFAULT_MAX_RETRIES), "max_retries", 0, 20)),
         retry_wait=_as_number(extra.get("retry_wait", DEFAULT_RETRY_WAIT), "retry_wait", 0, 300),
     )
+
+
+def explain_missing_connection(exc: BaseException, conn_id: str) -> BaseException:
+    """Airflow's "conn_id isn't defined" (same type), saying how to define a PanDA connection;
+    any other error as it is."""
+    if type(exc).__name__ != "AirflowNotFoundException":
+        return exc
+    env = "AIRFLOW_CONN_" + conn_id.upper()
+    return type(exc)(f"{exc}: add a connection of type PanDA named {conn_id!r} (Admin > Connections), or "
+                     f"set {env} to one in JSON (`make local-server` prints one for the local server)")

@@ -449,3 +449,18 @@ def test_a_new_task_with_id_3_is_not_taken_for_a_reexecution(monkeypatch, capsys
         assert PandaHook("panda_three").submit_task(task_params("three")) == 3
         out = "".join(capsys.readouterr())
     assert "Submitted PanDA task" in out and "re-executes" not in out
+
+
+def test_a_missing_connection_says_how_to_define_one():
+    """Airflow's "conn_id isn't defined", of the same type, with what to do about it (sync and async)."""
+    import asyncio
+
+    from airflow_provider_panda.hooks.panda import AsyncPandaClient
+
+    with pytest.raises(Exception, match="AIRFLOW_CONN_PANDA_NOWHERE") as missing:
+        PandaHook("panda_nowhere").get_task_status(1)
+    assert type(missing.value).__name__ == "AirflowNotFoundException"
+    assert "add a connection of type PanDA named 'panda_nowhere'" in str(missing.value)
+    with pytest.raises(Exception, match="AIRFLOW_CONN_PANDA_NOWHERE") as missing:
+        asyncio.run(AsyncPandaClient.for_connection("panda_nowhere", None))
+    assert type(missing.value).__name__ == "AirflowNotFoundException"

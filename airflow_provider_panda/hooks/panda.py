@@ -23,7 +23,7 @@ from airflow_provider_panda import api, calls, transport
 from airflow_provider_panda.auth import claims as token_claims
 from airflow_provider_panda.calls import Call
 from airflow_provider_panda.compat import aget_connection
-from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection
+from airflow_provider_panda.config import PandaConnectionConfig, config_from_connection, explain_missing_connection
 from airflow_provider_panda.exceptions import (
     PandaAuthError,
     PandaDuplicateTaskError,
@@ -102,7 +102,11 @@ class PandaHook(BaseHook):
 
     @cached_property
     def config(self) -> PandaConnectionConfig:
-        return config_from_connection(self.get_connection(self.panda_conn_id))
+        try:
+            conn = self.get_connection(self.panda_conn_id)
+        except Exception as exc:  # Airflow's "isn't defined", with what to do about it
+            raise explain_missing_connection(exc, self.panda_conn_id) from None
+        return config_from_connection(conn)
 
     @cached_property
     def session(self) -> requests.Session:
@@ -474,7 +478,10 @@ class AsyncPandaClient:
 
     @classmethod
     async def for_connection(cls, conn_id: str, log: Any) -> AsyncPandaClient:
-        conn = await aget_connection(conn_id)
+        try:
+            conn = await aget_connection(conn_id)
+        except Exception as exc:  # Airflow's "isn't defined", with what to do about it
+            raise explain_missing_connection(exc, conn_id) from None
         return cls(config_from_connection(conn), log, conn_id)
 
     async def reload(self, force: bool = False) -> bool:
