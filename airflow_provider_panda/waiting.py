@@ -232,6 +232,19 @@ def top_errors(jobs: Iterable[dict[str, Any] | None], limit: int = 3) -> list[tu
     return errors.most_common(limit)
 
 
+#: What a user can do about each way a task ends badly (the last line of a failure report).
+NEXT_STEP = {
+    "failed": "retry it (RetryTaskOperator, or auto_retries on the operator that submitted it), with "
+              "new_params if the errors above call for other settings",
+    "finished": "some inputs failed: allow_partial=True accepts this; RetryTaskOperator runs the failed "
+                "files again, FileRecoveryOperator recovers lost ones",
+    "exhausted": "PanDA gave up after its attempts: RetryTaskOperator with new_params (more memory or "
+                 "walltime, say) once the errors above are understood",
+    "broken": "the task cannot run as defined: fix its parameters and submit it under a new taskName",
+    "aborted": "it was killed: submit it again (an Airflow retry re-executes it) if that was not meant",
+}
+
+
 def failure_message(task_id: int, status: str | None, info: dict[str, Any] | None,
                     jobs: list[dict[str, Any] | None] | None, monitor_url: str) -> str:
     """What a failed wait says: the status, the task's own explanation (``errorDialog``), its file
@@ -249,5 +262,7 @@ def failure_message(task_id: int, status: str | None, info: dict[str, Any] | Non
         lines.append(f"  {failed} of the {sum(counts.values())} newest jobs failed.")
         for text, count in top_errors(jobs):
             lines.append(f"  {count} x {text}")
+    if status in NEXT_STEP:
+        lines.append(f"  Next: {NEXT_STEP[status]}")
     lines.append(f"Monitor: {monitor_url}")
     return "\n".join(lines)

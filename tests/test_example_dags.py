@@ -94,6 +94,7 @@ def test_submit_and_wait_failure(dags_test, panda_server):
     run = dags_test("panda_submit_and_wait", tag="failing")
     assert run.states == {"submit": "failed", "summarise": "upstream_failed"}
     assert "ended failed." in run.output and "2 of the 2 newest jobs failed" in run.output
+    assert "Next: retry it (RetryTaskOperator" in run.output
     assert run.returncode == 1
 
 
