@@ -246,9 +246,9 @@ def test_on_kill_keeps_within_the_triggerers_budget(hook, panda_server, monkeypa
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killslow"))
     wait_status(hook, task_id, {"running"})
     monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "2")
-    panda_server.panda.faults.append("slow:5@task/kill")  # the kill acts, its answer comes 5 s late
+    panda_server.panda.faults.append("slow:30@task/kill")  # the kill acts, its answer comes 30 s late
     capsys.readouterr()
     started = time.monotonic()
-    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id).on_kill(), 10))
-    assert time.monotonic() - started < 2.0
+    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id).on_kill(), 20))
+    assert time.monotonic() - started < 10  # within the budget (plus a loaded machine's start-up), not 30 s
     assert f"PanDA task {task_id} may not be killed" in "".join(capsys.readouterr())
