@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import pytest
 from airflow_runs import run_dag
@@ -46,30 +46,28 @@ def test_stale_mark_tells_old_from_new():
 
 
 def test_a_wait_on_a_retry_that_fails_between_two_polls_ends_within_one_interval(hook, panda_server):
-    """The hook-level loop every mode runs: poll every ``interval``; the retried task fails again
-    long before the next poll; the wait must end at the first poll after the new failure."""
+    """The hook-level loop every mode runs. Between two polls the retried task runs its new attempt
+    and fails again (the server's clock is held, then moved on by the whole attempt): the poll right
+    after must end the wait. Polls are counted, not seconds, so a loaded machine cannot fail it;
+    before the fix the wait took that ``failed`` for the old one and sat until the grace."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed"], "fastfail"))
     wait_status(hook, task_id, {"failed"})
+    sim = panda_server.sim
+    sim.clock.freeze(True)
     mark = StaleMark.of("failed", hook.get_task_info(task_id))
     hook.retry_task(task_id)
-    interval = 1.0
     watch = TaskWatch(task_id, WaitSpec.build(), LOG, stale=mark)
-    verdict, polls = None, []
-    while verdict is None:
-        polls.append(time.time())  # when each poll's reads began
+
+    def poll() -> str | None:
         status = hook.get_task_status(task_id)
-        verdict = watch.observe(status, hook.get_task_info(task_id) if watch.needs_info(status) else None)
-        if verdict is None:
-            assert len(polls) < 30, "the wait did not end"
-            time.sleep(interval)
+        return watch.observe(status, hook.get_task_info(task_id) if watch.needs_info(status) else None)
+
+    assert poll() is None  # JEDI has not acted yet: the old failure, which must not end the wait
+    assert sim.tasks[task_id].attempt == 0
+    sim.clock.advance(50 * sim.step)  # between two polls: toretry > ready > running > failed, all due
+    assert poll() == FAILURE  # the very next poll ends the wait
     info = hook.get_task_info(task_id)
-    assert verdict == FAILURE and info["attemptNr"] == 1 and info["status"] == "failed"
-    failed_at = info["stateChangeTime"].replace(tzinfo=timezone.utc).timestamp()  # whole seconds, rounded down
-    # The poll that ended the wait is the first one after the new failure: every poll before it began
-    # before the failure (within the second stateChangeTime drops). Which poll, not how many seconds,
-    # so a loaded machine's slow requests cannot fail it; before the fix the wait missed the failure
-    # and sat until the grace.
-    assert all(began < failed_at + 1.0 for began in polls[:-1]), ([p - failed_at for p in polls], failed_at)
+    assert info["attemptNr"] == 1 and info["status"] == "failed"
 
 
 @pytest.mark.parametrize("deferrable", [False, True])
