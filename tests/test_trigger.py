@@ -191,7 +191,7 @@ def test_the_timeout_fires_at_the_deadline_while_every_read_fails(hook, panda_se
     event = run(PandaTaskTrigger(task_id, poll_interval=0.05, end_time=end_time, shared_poller=shared))
     late = time.time() - end_time
     assert (event["status"], event["task_status"]) == ("timeout", None)
-    assert 0 <= late < 2.0
+    assert 0 <= late < 20  # at the deadline (give or take a loaded machine), not after a read's 61 s of backoff
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
