@@ -20,6 +20,14 @@ def _best_effort(read: Any, log: Any, what: str) -> Any:
         return None
 
 
+def progress_info(hook: PandaHook, task_id: int) -> dict[str, Any] | None:
+    """The task's details for a progress line: best-effort, a failed read only leaves the line out."""
+    try:
+        return hook.get_task_info(task_id)
+    except PandaError:
+        return None
+
+
 def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None) -> PandaTaskFailedError:
     """The error a failed wait raises: status, ``errorDialog``, file counts, the commonest errors of
     the newest jobs, and the monitor link; a read that fails only leaves its part out."""

@@ -209,6 +209,7 @@ class _PandaTaskWaiter(_PandaOperator):
               stale: StaleMark | None, **resume: Any) -> Any:
         """The sync wait: transient faults (no answer, 5xx, 429, a page that is not PanDA's) keep it
         going until its own timeout; only a definite answer ends it."""
+        from airflow_provider_panda.reports import progress_info
         from airflow_provider_panda.transport import is_transient
 
         watch = TaskWatch(task_id, spec, self.log, stale=stale, not_found_grace=self.not_found_grace)
@@ -222,7 +223,7 @@ class _PandaTaskWaiter(_PandaOperator):
                     status, info = None, None
                 verdict = watch.observe(status, info)
                 if watch.moved:
-                    watch.log_progress(info or self._info_or_none(task_id))
+                    watch.log_progress(info or progress_info(self.hook, task_id))
             except PandaError as exc:
                 if not is_transient(exc):
                     raise
@@ -233,12 +234,6 @@ class _PandaTaskWaiter(_PandaOperator):
             if verdict is not None:
                 return self._conclude(context, task_id, verdict, status, end_time=end_time, **resume)
             time.sleep(self.poll_interval)
-
-    def _info_or_none(self, task_id: int) -> dict[str, Any] | None:
-        try:
-            return self.hook.get_task_info(task_id)
-        except PandaError:
-            return None
 
     def execute_complete(self, context: Context, event: dict[str, Any], end_time: float | None = None,
                          **resume: Any) -> Any:

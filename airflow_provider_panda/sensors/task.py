@@ -110,7 +110,7 @@ class TaskStatusSensor(BaseSensorOperator):
         return self._watch
 
     def poke(self, context: Context) -> bool:
-        from airflow_provider_panda.reports import task_failed
+        from airflow_provider_panda.reports import progress_info, task_failed
         from airflow_provider_panda.transport import is_transient
 
         task_id = as_task_id(self.jedi_task_id)
@@ -127,21 +127,13 @@ class TaskStatusSensor(BaseSensorOperator):
             self.log.warning("PanDA task %s: status read failed (%s); poking again", task_id, exc)
             return False
         if watch.moved:
-            watch.log_progress(self._info_or_none(task_id))
+            watch.log_progress(progress_info(self.hook, task_id))
         if verdict == FAILURE:
             raise task_failed(self.hook, task_id, status, self.log)
         if verdict == ERROR:
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                      f"(waited {self.not_found_grace:.0f} s for it to appear)")
         return verdict == SUCCESS
-
-    def _info_or_none(self, task_id: int) -> dict[str, Any] | None:
-        """Task-level progress for the log: best-effort, a failed read only leaves the line out."""
-        try:
-            return self.hook.get_task_info(task_id)
-        except PandaError as exc:
-            self.log.debug("PanDA task %s: no progress (%s)", task_id, exc)
-            return None
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
