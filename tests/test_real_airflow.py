@@ -177,7 +177,7 @@ def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
     # (Airflow's own closing "Trigger fired event" line is lost now and then under heavy load, when
     # the triggerer closes the log as the event goes out, so it is not required of every log)
     def waited() -> set:
-        return {p.parent for p in trigger_logs if "PanDA task" in p.read_text() and " -> " in p.read_text()}
+        return {p.parent for p in trigger_logs if (text := p.read_text()) and "PanDA task" in text and " -> " in text}
 
     wait_until(lambda: len(waited()) == N_TASKS, 60, "every mapped wait's trigger log to show its status lines",
                procs, lambda: f"{len(waited())} of {N_TASKS} trigger logs show them")
