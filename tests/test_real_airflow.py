@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -59,6 +60,36 @@ def slow_server():
         yield server
 
 
+def never_reuse_trigger_ids(db: Path) -> None:
+    """Number triggers in SQLite as PostgreSQL does: never reusing a deleted trigger's id.
+
+    SQLite gives a new row the largest id + 1, so a cleared task's new trigger can take the id of
+    the trigger just deleted for it. The triggerer tracks triggers by id: it then neither cancels
+    the old one (no ``on_kill``, the PanDA task is not killed) nor starts the new one (seen under
+    load: the new try deferred with the old trigger's id 1). Production databases use sequences,
+    which never reuse an id; AUTOINCREMENT does the same in SQLite."""
+    conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+    try:
+        (ddl,) = conn.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='trigger'").fetchone()
+        table = re.sub(r'^CREATE TABLE "trigger"', "CREATE TABLE trigger_ids", ddl)
+        table = table.replace("id INTEGER NOT NULL,", "id INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
+        table = re.sub(r",\s*CONSTRAINT \w+ PRIMARY KEY \(id\)", "", table)
+        assert "AUTOINCREMENT" in table and "PRIMARY KEY (id)" not in table, ddl  # Airflow's DDL changed
+        indexes = [sql for (sql,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type='index' AND tbl_name='trigger' AND sql IS NOT NULL")]
+        conn.execute("PRAGMA foreign_keys=OFF")  # task_instance.trigger_id refers to the table by name
+        conn.execute("BEGIN")
+        conn.execute(table)
+        conn.execute('INSERT INTO trigger_ids SELECT * FROM "trigger"')
+        conn.execute('DROP TABLE "trigger"')
+        conn.execute('ALTER TABLE trigger_ids RENAME TO "trigger"')
+        for sql in indexes:
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 class Cluster:
     """The four Airflow components as separate processes; stopped by PID, also on failure."""
 
@@ -80,6 +111,7 @@ class Cluster:
         })
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True,
                        capture_output=True)
+        never_reuse_trigger_ids(self.db)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         for name, args in [("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.port)]),
@@ -386,7 +418,7 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
                      "reset_dag_runs": True})
         if TRIGGER_ON_KILL:  # the trigger's on_kill kills the task; the cleared instance re-executes it
             wait_until(lambda: task("defclear").attempt == before + 1 and task("defclear").status == "running",
-                       180, "the cleared instance to re-execute its aborted task", cluster.procs)
+                       180, "the cleared instance to re-execute its aborted task", cluster.procs, diagnose)
         else:  # Airflow < 3.3 has no trigger on_kill: the task runs on and the next try reattaches
             # the next try deferred and the triggerer started its trigger (the old one may poll on for a
             # while, so its reads prove nothing; SQLite may give the new trigger the old one's id), and
