@@ -198,22 +198,27 @@ def test_fan_out_under_scheduler_and_triggerer(airflow_cluster, slow_server):
     assert len(mapped) == N_TASKS and {row[2] for row in mapped} == {"success"}
     tasks = [t for t in panda_server.sim.tasks.values() if ".fan_out.e2e." in t.name]
     assert len(tasks) == N_TASKS and len({t.name for t in tasks}) == N_TASKS  # one PanDA task per map index
-    # The waits ran in the triggerer: trigger rows existed for them, each mapped task has a trigger
-    # log with our status lines, and the status polls came from the async (httpx) client that only
-    # the triggerer uses; its waits shared one poller, so fewer polls than waits.
+    # The waits ran in the triggerer and ended there: trigger rows existed for them, each map index
+    # has a trigger log (the triggerer opens one when it starts a trigger) and a worker log in which
+    # the resumed try reports the ending the trigger's event carried (execute_complete runs only on
+    # an event); the status polls came from the async (httpx) client that only the triggerer uses;
+    # its waits shared one poller, so fewer polls than waits.
     assert most_triggers >= N_TASKS // 2, most_triggers
-    trigger_logs = list(db.parent.glob("logs/dag_id=panda_fan_out/*/task_id=submit/map_index=*/*.trigger.*.log"))
+    index_dirs = list(db.parent.glob("logs/dag_id=panda_fan_out/*/task_id=submit/map_index=*"))
+    trigger_logs = [p for d in index_dirs for p in d.glob("*.trigger.*.log")]
     assert len({p.parent for p in trigger_logs}) == N_TASKS
 
-    # every mapped wait ran our trigger code in the triggerer: its trigger log has our status lines
-    # (Airflow's own closing "Trigger fired event" line is lost now and then under heavy load, when
-    # the triggerer closes the log as the event goes out, so it is not required of every log)
-    def waited() -> set:
-        return {p.parent for p in trigger_logs if (text := p.read_text()) and "PanDA task" in text and " -> " in text}
+    def resumed() -> set:
+        return {d for d in index_dirs for p in d.glob("attempt=*.log")
+                if ".trigger." not in p.name and " ended done" in p.read_text(errors="replace")}
 
-    wait_until(lambda: len(waited()) == N_TASKS, 60, "every mapped wait's trigger log to show its status lines",
-               procs, lambda: f"{len(waited())} of {N_TASKS} trigger logs show them")
-    assert any("Trigger fired event" in p.read_text() for p in trigger_logs)
+    wait_until(lambda: len(resumed()) == N_TASKS, 60, "every mapped try to report the trigger's ending", procs,
+               lambda: f"{len(resumed())} of {N_TASKS} worker logs report it")
+    # Our trigger's status lines are in the trigger logs. Not required of every one: Airflow's
+    # triggerer drops a trigger's logger when the trigger reports itself finished, and lines still
+    # on their way then go to the triggerer's own log (airflow/jobs/triggerer_job_runner.py,
+    # logger_cache), so under load a wait whose only line came with its ending loses it (23 of 24).
+    assert any("PanDA task" in (text := p.read_text(errors="replace")) and " -> " in text for p in trigger_logs)
     polls = panda_server.panda.clients["airflow-provider-panda (httpx)"] - polls_before
     assert 1 <= polls < N_TASKS, polls
     print(f"panda_fan_out: {N_TASKS} deferred waits under the real scheduler and triggerer, "
