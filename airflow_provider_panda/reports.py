@@ -22,10 +22,7 @@ def _best_effort(read: Any, log: Any, what: str) -> Any:
 
 def progress_info(hook: PandaHook, task_id: int) -> dict[str, Any] | None:
     """The task's details for a progress line: best-effort, a failed read only leaves the line out."""
-    try:
-        return hook.get_task_info(task_id)
-    except PandaError:
-        return None
+    return _best_effort(lambda: hook.get_task_info(task_id), None, "the task's details")
 
 
 def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None) -> PandaTaskFailedError:
