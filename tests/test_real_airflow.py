@@ -426,7 +426,7 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
                        180, "the cleared instance to re-execute its aborted task", cluster.procs, diagnose)
         else:  # Airflow < 3.3 has no trigger on_kill: the task runs on and the next try reattaches
             # the next try deferred and the triggerer started its trigger (the old one may poll on for a
-            # while, so its reads prove nothing; SQLite may give the new trigger the old one's id), and
+            # while, so its reads prove nothing; the new try is known by its number in the trigger's name), and
             # that trigger has read the task: it is settled in, and the end below does not race the
             # LocalExecutor's bookkeeping of the deferral
             def redeferred():
