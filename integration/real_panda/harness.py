@@ -151,9 +151,10 @@ def install_panda_server() -> None:
 
 
 def patch_installed_server() -> None:
-    """Two edits of the installed code. Fix 5: PostgreSQL 15 needs an alias on the subquery of
+    """Three edits of the installed code. Fix 5: PostgreSQL 15 needs an alias on the subquery of
     get_task_failure_metrics (used by retry). Speed only: JEDI's PostProcessor hard-codes a 60 s
-    cycle and ignores its loopCycle setting, which made every task end up to a minute late."""
+    cycle and ignores its loopCycle setting, which made every task end up to a minute late.
+    Fix 7 (not in shared/real-panda-server.md): JEDI's self-deadlock on its one DB proxy (below)."""
     path = site_packages() / "pandaserver" / "taskbuffer" / "db_proxy_mods" / "metrics_module.py"
     text = path.read_text()
     start = text.index("def get_task_failure_metrics")
@@ -163,6 +164,21 @@ def patch_installed_server() -> None:
     path = site_packages() / "pandajedi" / "jediorder" / "PostProcessor.py"
     text = path.read_text()
     path.write_text(text.replace("loop_cycle = 60\n", "loop_cycle = int(jedi_config.postprocessor.loopCycle)\n"))
+    path = site_packages() / "pandajedi" / "jedicore" / "JediTaskBuffer.py"
+    text = path.read_text().replace(SITE_MAPPER_INSIDE, SITE_MAPPER_BEFORE)
+    if text.count(SITE_MAPPER_BEFORE) != 2:
+        raise RuntimeError(f"{path}: the SiteMapper deadlock fix no longer applies; see SITE_MAPPER_INSIDE")
+    path.write_text(text)
+
+
+#: Fix 7, a deadlock: each JediTaskBuffer process has one DB proxy (nDBConnection=1), and two of its
+#: methods build the SiteMapper (on first use, then every 10 minutes) while holding it; the SiteMapper
+#: reads resource types through the same pool and waits for that proxy forever. JEDI's PostProcessor
+#: then hangs on its first cycle or ten minutes later (tasks never finish, kills never run). Build it first.
+SITE_MAPPER_INSIDE = ("        with self.proxyPool.get() as proxy:\n"
+                      "            tmp_site_mapper = self.get_site_mapper()\n")
+SITE_MAPPER_BEFORE = ("        tmp_site_mapper = self.get_site_mapper()\n"
+                      "        with self.proxyPool.get() as proxy:\n")
 
 
 # --- database -----------------------------------------------------------------------------------
@@ -505,8 +521,8 @@ def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None 
 
 
 def start_jedi(state: dict, attempts: int = 8) -> None:
-    """Start JEDI and make sure its agents work: a start now and then hangs an agent on its first
-    cycle (seen with the PostProcessor), so wait for a full PostProcessor cycle, else restart."""
+    """Start JEDI and wait until its PostProcessor completes a cycle (its agents work). Starts used to
+    hang there (4 of 12) until fix 7; a restart stays as the last resort for a hang of another cause."""
     jedi_pid = STATE_DIR / "jedi.pid"
     command = [str(VENV / "bin" / "python"), str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
                "--pid", str(jedi_pid)]
