@@ -123,6 +123,11 @@ TASK_FINAL = frozenset({"done", "finished", "failed", "broken", "aborted"})
 #: ``exhausted`` is not final but stops the task until somebody acts: a waiter must stop too.
 TASK_STOPPED = TASK_FINAL | {"exhausted"}
 TASK_DEFAULT_SUCCESS: tuple[str, ...] = ("done",)
+#: A task JEDI has taken from DEFT but not yet refined: it reads ``registered`` and its owner is
+#: ``tobeset`` until JEDI's TaskRefiner sets it, so meanwhile the server refuses its owner's commands
+#: with :data:`MESSAGE_TASK_OWNER` (seconds; longer when JEDI is busy).
+TASK_UNREFINED = "registered"
+UNREFINED_OWNER = "tobeset"
 TASK_DEFAULT_FAILURE: tuple[str, ...] = ("failed", "broken", "aborted", "exhausted", "finished")
 
 JOB_STATUSES: tuple[str, ...] = (

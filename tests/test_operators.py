@@ -6,6 +6,7 @@ import pytest
 from airflow_runs import run_dag
 from conftest import params_with_outcomes, task_params, wait_status
 
+from airflow_provider_panda import api
 from airflow_provider_panda.exceptions import PandaInputError
 
 FAST = "poll_interval=0.05"
@@ -196,6 +197,31 @@ def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook, capfd
     assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
     assert hook.get_task_status(task_id) == "aborted"
     assert "is not visible yet" in "".join(capfd.readouterr())
+
+
+@pytest.mark.parametrize(("operator", "end"), [("KillTaskOperator", "aborted"), ("FinishTaskOperator", "failed")])
+def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, operator, end):
+    """Then the real server reads it ``registered`` with owner ``tobeset`` and answers its owner's kill
+    with "not the task owner": the operator waits until JEDI has refined it, then sends the command."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "unrefined"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.unrefine(task_id, reads=3)
+    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, "
+                  f"poll_interval=0.05)")
+    assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
+    assert hook.get_task_status(task_id) == end  # a hard finish cancels the hanging jobs
+    assert f"PanDA task {task_id} is registered: JEDI has not refined it yet" in "".join(capfd.readouterr())
+
+
+def test_command_on_a_task_jedi_never_refines_is_sent_after_the_grace(panda_server, hook, capfd):
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "stuckreg"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.unrefine(task_id, reads=1_000_000)
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, not_found_grace=0.3, {FAST})")
+    assert run.states == {"kill": "failed"}
+    assert api.MESSAGE_TASK_OWNER in "".join(capfd.readouterr())  # the server's answer, not a wait's
+    panda_server.sim.unrefine(task_id, reads=0)
+    assert hook.get_task_status(task_id) == "running"
 
 
 def test_command_on_an_unknown_task_fails_after_the_grace(panda_server):

@@ -127,8 +127,10 @@ class _PandaOperator(BaseOperator):
             return None
 
     def _await_visible(self, task_id: int, poll: float = 10.0) -> str:
-        """A just-submitted task is only in DEFT for a while: the server refuses commands on it
-        ("not the task owner") until JEDI has it. Wait for that, within ``not_found_grace``."""
+        """A just-submitted task is only in DEFT for a while, then JEDI has it unrefined (status
+        ``registered``, owner ``tobeset``): either way the server refuses its owner's commands ("not
+        the task owner"). Wait until JEDI has refined it, within ``not_found_grace``; a task still
+        unrefined then is commanded anyway (a production role may), and the server's answer stands."""
         from airflow_provider_panda.transport import is_transient
 
         deadline = time.monotonic() + self.not_found_grace
@@ -140,13 +142,18 @@ class _PandaOperator(BaseOperator):
                     raise
                 self.log.warning("PanDA task %s: status read failed (%s); trying again", task_id, exc)
             else:
-                if status is not None:
+                left = max(0.0, deadline - time.monotonic())
+                if status is not None and (status != api.TASK_UNREFINED or not left):
                     return status
-                if time.monotonic() > deadline:
+                if status is None and not left:
                     raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                              f"(waited {self.not_found_grace:.0f} s for it to appear)")
-                self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the id); "
-                              "waiting up to %.0f s more", task_id, max(0.0, deadline - time.monotonic()))
+                if status is None:
+                    self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the "
+                                  "id); waiting up to %.0f s more", task_id, left)
+                else:
+                    self.log.info("PanDA task %s is %s: JEDI has not refined it yet, and until then the server "
+                                  "refuses its owner's commands; waiting up to %.0f s more", task_id, status, left)
             time.sleep(poll)
 
     def _mark(self, task_id: int, status: str) -> StaleMark:

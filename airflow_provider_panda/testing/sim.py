@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -196,6 +196,8 @@ class PandaSim:
         self._heap: list[tuple[float, int]] = []
         #: Task id -> how many more reads it stays invisible for (a task JEDI has not seen yet).
         self.hidden: dict[int, int] = {}
+        #: Task id -> how many more reads it shows JEDI's unrefined copy for (see :meth:`unrefine`).
+        self.unrefined: dict[int, int] = {}
         #: Task id -> (reads left, status): the status is set on that read (see :meth:`after_reads`).
         self.scripted: dict[int, tuple[int, str]] = {}
         self._blocks: list[tuple[int, int]] = []  # (first job id, task id), in increasing order
@@ -378,7 +380,16 @@ class PandaSim:
             if not self._read(task_id):
                 return None
             task = self.tasks.get(task_id)
-            return None if task is None or task.status == "registered" else task
+            if task is None or task.status == "registered":
+                return None
+            if self.unrefined.get(task_id):
+                self.unrefined[task_id] -= 1
+                return replace(task, status=api.TASK_UNREFINED, owner=api.UNREFINED_OWNER)
+            return task
+
+    def _visible_task(self, task_id: int) -> Task | None:
+        """The task itself (not an unrefined copy) if it is visible: for changes."""
+        return None if self.visible(task_id) is None else self.tasks[task_id]
 
     def _read(self, task_id: int) -> bool:
         """Count one read of a task by a client; False while it is hidden."""
@@ -401,6 +412,12 @@ class PandaSim:
         with self.lock:
             self.hidden[task_id] = reads
 
+    def unrefine(self, task_id: int, reads: int) -> None:
+        """Control: for its next ``reads`` reads the task is as JEDI first has it, before its
+        TaskRefiner runs: status ``registered``, owner ``tobeset`` (its owner's commands refused)."""
+        with self.lock:
+            self.unrefined[task_id] = reads
+
     def after_reads(self, task_id: int, reads: int, status: str) -> None:
         """Control: the task takes ``status`` on its ``reads``-th next read by a client (a status
         read, or a listing in tasks-modified-since), so a test sees a waiter poll several times."""
@@ -417,10 +434,11 @@ class PandaSim:
     def command(self, task_id: int, command: str, user: User, prod: bool, **kwargs: Any) -> tuple[int, str]:
         """sendCommandTaskPanda: registered commands act one clock step later, as JEDI would."""
         with self.lock:
-            task = self.visible(task_id)
-            if task is None:
+            view = self.visible(task_id)  # an unrefined copy, or the task
+            if view is None:
                 return CommandCode.NOT_FOUND, messages.command_not_found_message(task_id)
-            allowed = api.command_allowed(command, task.status)
+            task = self.tasks[task_id]
+            allowed = api.command_allowed(command, view.status)
             extra = ""
             if command == "retry" and task.status == "exhausted" and not prod:
                 allowed, extra = False, "and production role is missing"
@@ -452,7 +470,7 @@ class PandaSim:
                           prod: bool) -> tuple[int, str]:
         """retry with new_parameters: the merged parameters are re-inserted (allowActiveTask)."""
         with self.lock:
-            task = self.visible(task_id)
+            task = self._visible_task(task_id)
             if task is None:
                 return 1, "new parameter conversion failed with task not found"
             if task.status in api.RETRY_ACTIVE_FROM:
@@ -467,7 +485,7 @@ class PandaSim:
 
     def reactivate(self, task_id: int) -> tuple[int, str]:
         with self.lock:
-            task = self.visible(task_id)
+            task = self._visible_task(task_id)
             if task is not None:
                 self._restart(task, "ready", at_once=True)
             n_inputs = task.n_jobs if task else 0
@@ -477,7 +495,7 @@ class PandaSim:
         """A lost-file recovery request: unless a dry run, JEDI retries the task to remake the files."""
         with self.lock:
             self.recovery_requests.append({"task_id": task_id, "dry_run": dry_run, "user": user.dn})
-            task = self.visible(task_id)
+            task = self._visible_task(task_id)
             if task is not None and not dry_run and task.status in api.COMMAND_ALLOWED_FROM["incexec"]:
                 task.recoveries += 1
                 self._restart(task, "toretry")
