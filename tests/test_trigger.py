@@ -176,6 +176,16 @@ def test_on_kill_kills_the_panda_task(hook, panda_server):
     asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())  # already aborted: no error
 
 
+def test_on_kill_kills_a_task_jedi_has_not_refined_yet(hook, panda_server):
+    """The server refuses the owner's kill until JEDI has refined a just-submitted task: on_kill tries
+    again within the triggerer's budget."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "trigkillyoung"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.registered(task_id, reads=2)  # the owner check of two kills sees it unrefined
+    asyncio.run(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill())
+    assert wait_status(hook, task_id, {"aborted"}) == "aborted"
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
 def test_the_timeout_fires_at_the_deadline_while_every_read_fails(hook, panda_server, monkeypatch, shared):
     """Every request fails (transiently) and each read, with its retries and backoff, takes longer

@@ -30,10 +30,25 @@ from airflow_provider_panda.exceptions import (
     PandaError,
     PandaHTTPError,
     PandaInputError,
+    PandaPermissionError,
     PandaResponseError,
     PandaSubmissionUnknownError,
     PandaTransportError,
 )
+
+#: How often a kill of one's own just-submitted task is tried again while the server refuses it.
+OWN_KILL_RETRY_INTERVAL = 1.0
+
+
+def own_kill_retrying(budget: float) -> dict[str, Any]:
+    """tenacity settings for killing a task the caller submitted: the server answers its owner's kill
+    "not the task owner" while only DEFT has the task or JEDI has not refined it (``tobeset``), so
+    that answer is tried again, within ``budget`` seconds, not taken as final."""
+    import tenacity
+
+    return {"retry": tenacity.retry_if_exception_type(PandaPermissionError), "reraise": True,
+            "wait": tenacity.wait_fixed(OWN_KILL_RETRY_INTERVAL), "stop": tenacity.stop_after_delay(budget)}
+
 
 #: Keys the server sets or changes in the parameters it stores (insertTaskParamsPanda).
 SERVER_SET_KEYS = frozenset({"userName", "taskType", "taskPriority", "workingGroup"})
@@ -279,6 +294,13 @@ class PandaHook(BaseHook):
     def kill_task(self, task_id: int) -> str:
         """Kill a task (killTask); raises :class:`PandaCommandRejected` with the server's code."""
         return self.run(calls.kill_task(task_id))
+
+    def kill_own_task(self, task_id: int, budget: float) -> str:
+        """Kill a task this caller submitted, through the server's refusals while it is just
+        submitted (see :func:`own_kill_retrying`)."""
+        import tenacity
+
+        return tenacity.Retrying(**own_kill_retrying(budget))(self.kill_task, task_id)
 
     def finish_task(self, task_id: int, soft: bool = False) -> str:
         """Finish a task (finishTask); ``soft`` lets running jobs complete."""
@@ -555,6 +577,14 @@ class AsyncPandaClient:
 
     async def kill_task(self, task_id: int) -> str:
         return await self.run(calls.kill_task(task_id))
+
+    async def kill_own_task(self, task_id: int, budget: float) -> str:
+        import tenacity
+
+        async for attempt in tenacity.AsyncRetrying(**own_kill_retrying(budget)):
+            with attempt:
+                return await self.kill_task(task_id)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def get_tasks_modified_since(self, since: datetime | str,
                                        min_task_id: int | None = None) -> dict[int, dict[str, Any]]:

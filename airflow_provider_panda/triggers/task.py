@@ -235,7 +235,8 @@ class PandaTaskTrigger(BaseTrigger):
 
         client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         try:
-            await client.kill_task(self.jedi_task_id)
+            # within wait_for's budget: a refusal of a just-submitted task is tried again until then
+            await client.kill_own_task(self.jedi_task_id, kill_budget() * 0.8)
         except PandaCommandRejected as exc:
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
