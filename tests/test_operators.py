@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from airflow_runs import run_dag
 from conftest import params_with_outcomes, task_params, wait_status
@@ -205,7 +207,7 @@ def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, o
     with "not the task owner": the operator waits until JEDI has refined it, then sends the command."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "unrefined"))
     wait_status(hook, task_id, {"running"})
-    panda_server.sim.unrefine(task_id, reads=3)
+    panda_server.sim.registered(task_id, reads=3)
     run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, "
                   f"poll_interval=0.05)")
     assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
@@ -216,12 +218,26 @@ def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, o
 def test_command_on_a_task_jedi_never_refines_is_sent_after_the_grace(panda_server, hook, capfd):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "stuckreg"))
     wait_status(hook, task_id, {"running"})
-    panda_server.sim.unrefine(task_id, reads=1_000_000)
+    panda_server.sim.registered(task_id, reads=1_000_000)
     run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, not_found_grace=0.3, {FAST})")
     assert run.states == {"kill": "failed"}
     assert api.MESSAGE_TASK_OWNER in "".join(capfd.readouterr())  # the server's answer, not a wait's
-    panda_server.sim.unrefine(task_id, reads=0)
+    panda_server.sim.registered(task_id, reads=0)
     assert hook.get_task_status(task_id) == "running"
+
+
+def test_command_on_a_refined_registered_task_is_sent_at_once(panda_server, hook, capfd):
+    """A refined task reads ``registered`` too while it waits for its parent or input; its owner is
+    set, the server takes its owner's kill: no wait for a refinement that already happened."""
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "onhold"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.registered(task_id, reads=1_000_000, refined=True)
+    started = time.monotonic()
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, {FAST})")  # not_found_grace=600
+    assert run.states == {"kill": "success"} and time.monotonic() - started < 120
+    assert "has not refined it yet" not in "".join(capfd.readouterr())
+    panda_server.sim.registered(task_id, reads=0)
+    assert wait_status(hook, task_id, {"aborted"}) == "aborted"
 
 
 def test_command_on_an_unknown_task_fails_after_the_grace(panda_server):
@@ -329,6 +345,20 @@ def test_on_kill_kills_the_panda_task(panda_server, hook):
     keep._jedi_task_id = other
     keep.on_kill()
     assert hook.get_task_status(other) == "running"
+
+
+def test_on_kill_kills_a_task_jedi_has_not_refined_yet(panda_server, hook):
+    """Marked failed seconds after its submission: the server refuses the owner's kill ("not the task
+    owner") until JEDI has refined the task, so on_kill tries again within Airflow's SIGTERM grace."""
+    from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "onkillyoung"))
+    wait_status(hook, task_id, {"running"})
+    panda_server.sim.registered(task_id, reads=2)  # the owner check of two kills sees it unrefined
+    operator = SubmitTaskOperator(task_id="x", task_params={})
+    operator._jedi_task_id = task_id
+    operator.on_kill()
+    assert wait_status(hook, task_id, {"aborted"}) == "aborted"
 
 
 @pytest.mark.parametrize("mode", ["poke", RESCHEDULE, "deferrable"])

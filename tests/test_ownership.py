@@ -115,6 +115,21 @@ def test_adopt_an_existing_task_when_asked(panda_server, hook, capfd):
     assert "adopting it (if_exists='adopt')" in "".join(capfd.readouterr())
 
 
+def test_adopt_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd):
+    """Until JEDI refines it the real server lists the task under a random name and owner
+    ``tobeset``: the lookup misses it, PanDA answers the submission "duplicate", and if_exists still
+    decides (here: adopt), as when the lookup finds the task."""
+    params = params_with_outcomes(panda_server, ["hang"], "adoptyoung")
+    other = hook.submit_task(params)
+    wait_status(hook, other, {"running"})
+    panda_server.sim.registered(other, reads=3)
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, if_exists='adopt', "
+                  f"wait_for_completion=False, {FAST})", params=repr(params))
+    assert run.states == {"submit": "success"} and run.xcom("submit") == other
+    assert len(named(panda_server, params["taskName"])) == 1
+    assert "adopting it (if_exists='adopt')" in "".join(capfd.readouterr())
+
+
 def test_reexecute_an_existing_finished_task_when_asked(panda_server, hook, capfd):
     params = params_with_outcomes(panda_server, ["done"], "reexec")
     other = hook.submit_task(params)

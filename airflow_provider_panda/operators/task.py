@@ -58,6 +58,9 @@ ON_TIMEOUT = ("fail", "kill", "finish")
 #: What SubmitTaskOperator does when the taskName is held by a task this instance did not submit.
 IF_EXISTS = ("fail", "adopt", "reexecute")
 MAX_POLL_INTERVAL = 24 * 3600.0
+#: Seconds ``on_kill`` keeps killing a just-submitted task the server still refuses: Airflow's
+#: supervisor follows its SIGTERM with SIGKILL 5 s later.
+ON_KILL_BUDGET = 3.0
 #: Statuses on their way to a known end: an Airflow retry waits for the end before acting.
 SETTLING = frozenset({"toabort", "aborting", "tobroken"})
 
@@ -143,7 +146,7 @@ class _PandaOperator(BaseOperator):
                 self.log.warning("PanDA task %s: status read failed (%s); trying again", task_id, exc)
             else:
                 left = max(0.0, deadline - time.monotonic())
-                if status is not None and (status != api.TASK_UNREFINED or not left):
+                if status is not None and (not left or not self._unrefined(task_id, status)):
                     return status
                 if status is None and not left:
                     raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
@@ -155,6 +158,17 @@ class _PandaOperator(BaseOperator):
                     self.log.info("PanDA task %s is %s: JEDI has not refined it yet, and until then the server "
                                   "refuses its owner's commands; waiting up to %.0f s more", task_id, status, left)
             time.sleep(poll)
+
+    def _unrefined(self, task_id: int, status: str) -> bool:
+        """Whether JEDI has not refined the task yet: ``registered`` and its owner still ``tobeset``
+        (a refined task is ``registered`` too while it waits for its parent or its input)."""
+        if status != api.TASK_UNREFINED:
+            return False
+        try:
+            return self.hook.get_task_info(task_id).get("userName") == api.UNREFINED_OWNER
+        except PandaError as exc:
+            self.log.warning("Could not read PanDA task %s's details (%s); taking it as not refined yet", task_id, exc)
+            return True
 
     def _mark(self, task_id: int, status: str) -> StaleMark:
         """What the task says before a command, so the wait after it can tell old from new."""
@@ -288,6 +302,8 @@ class _PandaTaskWaiter(_PandaOperator):
                 action = "; it was asked to finish (soft: running jobs complete)"
         except PandaCommandRejected as exc:
             action = f"; {self.on_timeout} was rejected: {exc.server_message}"
+        except PandaError as exc:  # the timeout stays the error; the failed action is part of it
+            action = f"; {self.on_timeout} failed: {exc}"
         raise PandaTimeoutError(f"PanDA task {task_id} was still {status} after {self.timeout} s{action}. "
                                 f"Monitor: {self.hook.monitor_url(task_id)}")
 
@@ -300,7 +316,7 @@ class _PandaTaskWaiter(_PandaOperator):
                           self._jedi_task_id)
             return
         try:
-            self.hook.kill_task(self._jedi_task_id)
+            self.hook.kill_own_task(self._jedi_task_id, ON_KILL_BUDGET)
             self.log.info("Killed PanDA task %s", self._jedi_task_id)
         except PandaCommandRejected as exc:
             self.log.info("PanDA task %s not killed: %s", self._jedi_task_id, exc.server_message)
@@ -460,9 +476,7 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 self._remember(context, task_id, params["taskName"])
             self._reattached = task_id == known and stale is None
             return task_id, stale
-        task_id = self._submit(params, parent)
-        self._remember(context, task_id, params["taskName"])
-        return task_id, None
+        return self._submit(context, params, parent)
 
     _reattached = False
 
@@ -589,14 +603,18 @@ class SubmitTaskOperator(_PandaTaskWaiter):
             raise self._held_by_another(params, answer.task_id, "PanDA re-executes that task instead")
         return answer.task_id
 
-    def _submit(self, params: dict[str, Any], parent: int | None) -> int:
-        """A first submission: a duplicate or re-execution answer means the name was taken meanwhile."""
+    def _submit(self, context: Context, params: dict[str, Any], parent: int | None) -> tuple[int, StaleMark | None]:
+        """A first submission: a duplicate or re-execution answer means the name was taken meanwhile
+        (or the lookup missed a task JEDI had not refined yet: it is listed under another name)."""
         try:
             answer = self.hook.submit(params, parent)
         except PandaDuplicateTaskError as exc:
             if exc.task_id is not None and self._is_mine(exc.task_id, params):
                 self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
-                return exc.task_id
+                self._remember(context, exc.task_id, params["taskName"])
+                return exc.task_id, None
+            if exc.task_id is not None:  # another's task: if_exists decides, as when the lookup finds it
+                return self._name_taken(context, params, parent, self.hook.get_task_info(exc.task_id))
             raise self._held_by_another(params, exc.task_id, exc.server_message.split(". ")[0], exc) from None
         if answer.from_resend and not self._is_mine(answer.task_id, params):
             # the first send got no answer; another submitter's task took the name before the resend
@@ -608,7 +626,8 @@ class SubmitTaskOperator(_PandaTaskWaiter):
                 f"not submit (it is older than PanDA's {api.LOOKUP_WINDOW_DAYS}-day name lookup), and PanDA answered "
                 f"the submission by re-executing it: {answer.message}. It is not adopted; make taskName unique. "
                 f"Monitor: {self.hook.monitor_url(answer.task_id)}")
-        return answer.task_id
+        self._remember(context, answer.task_id, params["taskName"])
+        return answer.task_id, None
 
     def _held_by_another(self, params: dict[str, Any], task_id: int | None, why: str,
                          cause: Exception | None = None) -> Exception:

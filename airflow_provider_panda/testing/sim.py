@@ -196,8 +196,8 @@ class PandaSim:
         self._heap: list[tuple[float, int]] = []
         #: Task id -> how many more reads it stays invisible for (a task JEDI has not seen yet).
         self.hidden: dict[int, int] = {}
-        #: Task id -> how many more reads it shows JEDI's unrefined copy for (see :meth:`unrefine`).
-        self.unrefined: dict[int, int] = {}
+        #: Task id -> (reads left, refined): it reads ``registered`` meanwhile (see :meth:`registered`).
+        self.held: dict[int, tuple[int, bool]] = {}
         #: Task id -> (reads left, status): the status is set on that read (see :meth:`after_reads`).
         self.scripted: dict[int, tuple[int, str]] = {}
         self._blocks: list[tuple[int, int]] = []  # (first job id, task id), in increasing order
@@ -382,10 +382,14 @@ class PandaSim:
             task = self.tasks.get(task_id)
             if task is None or task.status == "registered":
                 return None
-            if self.unrefined.get(task_id):
-                self.unrefined[task_id] -= 1
-                return replace(task, status=api.TASK_UNREFINED, owner=api.UNREFINED_OWNER)
-            return task
+            left, refined = self.held.get(task_id, (0, True))
+            if not left:
+                return task
+            self.held[task_id] = (left - 1, refined)
+            if refined:  # on hold (waiting for its parent or input), its owner and name set
+                return replace(task, status="registered")
+            return replace(task, status=api.TASK_UNREFINED, owner=api.UNREFINED_OWNER, name=str(uuid.uuid4()),
+                           job_ids=[])
 
     def _visible_task(self, task_id: int) -> Task | None:
         """The task itself (not an unrefined copy) if it is visible: for changes."""
@@ -412,11 +416,17 @@ class PandaSim:
         with self.lock:
             self.hidden[task_id] = reads
 
-    def unrefine(self, task_id: int, reads: int) -> None:
-        """Control: for its next ``reads`` reads the task is as JEDI first has it, before its
-        TaskRefiner runs: status ``registered``, owner ``tobeset`` (its owner's commands refused)."""
+    def registered(self, task_id: int, reads: int, refined: bool = False) -> None:
+        """Control: for its next ``reads`` reads the task reads ``registered``: as JEDI first has it,
+        before its TaskRefiner runs (owner ``tobeset``, a random taskName, so its owner's commands
+        are refused and listings and name lookups miss it), or ``refined`` and on hold (waiting for
+        its parent: owner and name set, commands accepted)."""
         with self.lock:
-            self.unrefined[task_id] = reads
+            self.held[task_id] = (reads, refined)
+
+    def _unrefined(self, task_id: int) -> bool:
+        left, refined = self.held.get(task_id, (0, True))
+        return bool(left) and not refined
 
     def after_reads(self, task_id: int, reads: int, status: str) -> None:
         """Control: the task takes ``status`` on its ``reads``-th next read by a client (a status
@@ -440,12 +450,12 @@ class PandaSim:
             task = self.tasks[task_id]
             allowed = api.command_allowed(command, view.status)
             extra = ""
-            if command == "retry" and task.status == "exhausted" and not prod:
+            if command == "retry" and view.status == "exhausted" and not prod:
                 allowed, extra = False, "and production role is missing"
             if not allowed:
-                if command == "retry" and task.status in api.RETRY_ACTIVE_FROM and task.label == "user":
-                    return CommandCode.RETRY_ACTIVE, task.status
-                return CommandCode.BAD_STATUS, messages.command_rejected_message(command, task.status, extra)
+                if command == "retry" and view.status in api.RETRY_ACTIVE_FROM and task.label == "user":
+                    return CommandCode.RETRY_ACTIVE, view.status
+                return CommandCode.BAD_STATUS, messages.command_rejected_message(command, view.status, extra)
             # the server only queues kill and finish (PRODSYS_COMM); JEDI's TaskCommando acts later,
             # so the task keeps its status (``exhausted``, say) for one step, as after a retry
             if command == "kill":
@@ -528,7 +538,7 @@ class PandaSim:
             for task in list(self.tasks.values()):
                 if task.owner != user.dn or task.label != label or task.modified < since:
                     continue
-                if task.status == "registered" or not self._read(task.task_id):
+                if task.status == "registered" or self._unrefined(task.task_id) or not self._read(task.task_id):
                     continue
                 req_id = task.params.get("reqID", task.task_id)
                 found[req_id] = {
@@ -567,7 +577,8 @@ class PandaSim:
             found = []
             oldest = self.clock.wall() - timedelta(days=api.LOOKUP_WINDOW_DAYS)  # getTaskIDsWithCriteria_JEDI
             for task in sorted(self.tasks.values(), key=lambda t: t.task_id):
-                if task.owner != user.dn or task.status == "registered" or task.modified < oldest:
+                if task.owner != user.dn or task.status == "registered" or task.modified < oldest \
+                        or self._unrefined(task.task_id):
                     continue
                 info = self.detailed_info(task)
                 if all(_matches(info.get(k), v) for k, v in criteria.items()):
