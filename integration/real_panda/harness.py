@@ -178,8 +178,9 @@ def patch_installed_server() -> None:
 
 #: Fix 7, a deadlock: each JediTaskBuffer process has one DB proxy (nDBConnection=1), and two of its
 #: methods build the SiteMapper (on first use, then every 10 minutes) while holding it; the SiteMapper
-#: reads resource types through the same pool and waits for that proxy forever. JEDI's PostProcessor
-#: then hangs on its first cycle or ten minutes later (tasks never finish, kills never run). Build it first.
+#: reads resource types through the same pool and waits for that proxy. JEDI's PostProcessor then
+#: stalls on its first cycle or ten minutes later: its call gives up after 600 s, and the new child it
+#: starts deadlocks again (tasks do not end, kills do not run, for 10-30 minutes). Build it first.
 SITE_MAPPER_INSIDE = ("        with self.proxyPool.get() as proxy:\n"
                       "            tmp_site_mapper = self.get_site_mapper()\n")
 SITE_MAPPER_BEFORE = ("        tmp_site_mapper = self.get_site_mapper()\n"
