@@ -188,31 +188,25 @@ def test_terminate_operator_waits_past_the_status_its_command_found(panda_server
     assert hook.get_task_status(task_id) in final
 
 
-def test_kill_operator_on_a_task_jedi_has_not_seen_yet(panda_server, hook, capfd):
-    """Right after submission only DEFT knows the task and the server refuses commands on it:
-    the operator waits until the task is visible, then kills it."""
+@pytest.mark.parametrize(("operator", "end", "state"), [
+    ("KillTaskOperator", "aborted", "deft"), ("KillTaskOperator", "aborted", "unrefined"),
+    ("FinishTaskOperator", "failed", "unrefined")])
+def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, operator, end, state):
+    """Right after submission only DEFT knows the task ("deft": not found), then JEDI has it unrefined
+    (``registered``, owner ``tobeset``): either way the server answers its owner's command "not the
+    task owner". The operator waits until JEDI has refined the task, then sends the command."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "young"))
     wait_status(hook, task_id, {"running"})
-    panda_server.sim.hide(task_id, reads=3)
-    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, "
-                  f"poll_interval=0.05)")
-    assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
-    assert hook.get_task_status(task_id) == "aborted"
-    assert "is not visible yet" in "".join(capfd.readouterr())
-
-
-@pytest.mark.parametrize(("operator", "end"), [("KillTaskOperator", "aborted"), ("FinishTaskOperator", "failed")])
-def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, operator, end):
-    """Then the real server reads it ``registered`` with owner ``tobeset`` and answers its owner's kill
-    with "not the task owner": the operator waits until JEDI has refined it, then sends the command."""
-    task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "unrefined"))
-    wait_status(hook, task_id, {"running"})
-    panda_server.sim.registered(task_id, reads=3)
+    if state == "deft":
+        panda_server.sim.hide(task_id, reads=3)
+    else:
+        panda_server.sim.registered(task_id, reads=3)
     run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, "
                   f"poll_interval=0.05)")
     assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
     assert hook.get_task_status(task_id) == end  # a hard finish cancels the hanging jobs
-    assert f"PanDA task {task_id} is registered: JEDI has not refined it yet" in "".join(capfd.readouterr())
+    said = "is not visible yet" if state == "deft" else "is registered: JEDI has not refined it yet"
+    assert f"PanDA task {task_id} {said}" in "".join(capfd.readouterr())
 
 
 def test_command_on_a_task_jedi_never_refines_is_sent_after_the_grace(panda_server, hook, capfd):
