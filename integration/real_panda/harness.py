@@ -528,7 +528,7 @@ def start_process(state: dict, name: str, cmd: list[str], pid_file: Path | None 
 
 def start_jedi(state: dict, attempts: int = 8) -> None:
     """Start JEDI and wait until its PostProcessor completes a cycle (its agents work). Starts used to
-    hang there (4 of 12) until fix 7; a restart stays as the last resort for a hang of another cause."""
+    hang there (8 of 12) until fix 7; a restart stays as the last resort for a hang of another cause."""
     jedi_pid = STATE_DIR / "jedi.pid"
     command = [str(VENV / "bin" / "python"), str(site_packages() / "pandajedi" / "jediorder" / "JediMaster.py"),
                "--pid", str(jedi_pid)]
