@@ -76,6 +76,11 @@ def task_instance_key(context: Context) -> str:
     return f"{ti.dag_id}/{ti.task_id}/{ti.run_id}/{-1 if map_index is None else map_index}"
 
 
+def _submitted_by(info: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether the task's details carry the owner key of the task instance whose ``params`` these are."""
+    return (info.get("raw_task_params") or {}).get(OWNER_KEY) == params[OWNER_KEY]
+
+
 def _fail_without_retry(message: str, cause: Exception | None = None) -> Exception:
     """An error no Airflow retry can mend (a bad task definition, a name held by another task)."""
     try:
@@ -609,13 +614,14 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         try:
             answer = self.hook.submit(params, parent)
         except PandaDuplicateTaskError as exc:
-            if exc.task_id is not None and self._is_mine(exc.task_id, params):
-                self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
-                self._remember(context, exc.task_id, params["taskName"])
-                return exc.task_id, None
-            if exc.task_id is not None:  # another's task: if_exists decides, as when the lookup finds it
-                return self._name_taken(context, params, parent, self.hook.get_task_info(exc.task_id))
-            raise self._held_by_another(params, exc.task_id, exc.server_message.split(". ")[0], exc) from None
+            if exc.task_id is None:
+                raise self._held_by_another(params, None, exc.server_message.split(". ")[0], exc) from None
+            info = self._visible_info(exc.task_id)
+            if not _submitted_by(info, params):  # another's task: if_exists decides, as when the lookup finds it
+                return self._name_taken(context, params, parent, info)
+            self.log.info("PanDA already has task %s, submitted by this task instance", exc.task_id)
+            self._remember(context, exc.task_id, params["taskName"])
+            return exc.task_id, None
         if answer.from_resend and not self._is_mine(answer.task_id, params):
             # the first send got no answer; another submitter's task took the name before the resend
             raise self._held_by_another(params, answer.task_id, "PanDA's answer to a resend after a lost answer: "
@@ -637,9 +643,12 @@ class SubmitTaskOperator(_PandaTaskWaiter):
 
     def _is_mine(self, task_id: int, params: dict[str, Any]) -> bool:
         """Whether a task carries this instance's key (waiting for a DEFT-only task to appear)."""
+        return _submitted_by(self._visible_info(task_id), params)
+
+    def _visible_info(self, task_id: int) -> dict[str, Any]:
+        """The task's details once JEDI has it refined (its parameters and owner are set by then)."""
         self._await_visible(task_id)
-        info = self.hook.get_task_info(task_id)
-        return (info.get("raw_task_params") or {}).get(OWNER_KEY) == params[OWNER_KEY]
+        return self.hook.get_task_info(task_id)
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, retries_done: int = 0, reattached: bool = False,
