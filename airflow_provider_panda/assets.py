@@ -281,3 +281,9 @@ def output_dids_of(ti: Any, task_id: str) -> str:
     with ``user_defined_filters={"panda_outputs": output_dids_of}``)."""
     outputs = ti.xcom_pull(task_ids=task_id, key=OUTPUTS_KEY) or []
     return ",".join(o["did"] for o in outputs if o.get("type") == "output")
+
+
+def add_template_filters(env: Any) -> Any:
+    """Register the provider's Jinja filters on an environment (our operators' templates have them)."""
+    env.filters.setdefault("panda_outputs", output_dids_of)
+    return env

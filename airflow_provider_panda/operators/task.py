@@ -111,6 +111,13 @@ class _PandaOperator(BaseOperator):
 
         return PandaHook(self.panda_conn_id)
 
+    def get_template_env(self, dag: Any = None) -> Any:
+        """The DAG's Jinja environment with the provider's filters (``panda_outputs``), so templates
+        such as ``in_ds="{{ ti | panda_outputs('gen') }}"`` work without registering anything."""
+        from airflow_provider_panda.assets import add_template_filters
+
+        return add_template_filters(super().get_template_env(dag))
+
     def _remember(self, context: Context, task_id: int, task_name: str | None = None) -> None:
         """Make the id known at once: XComs for users and the link, the state store for retries
         (with the taskName it was submitted under, so a try under another name does not reuse it)."""
