@@ -151,13 +151,15 @@ def install_panda_server() -> None:
 
 
 def patch_installed_server() -> None:
-    """Four edits of the installed code. Fix 5: PostgreSQL 15 needs an alias on the subquery of
+    """Five edits of the installed code. Fix 5: PostgreSQL 15 needs an alias on the subquery of
     get_task_failure_metrics (used by retry). Speed only: JEDI's PostProcessor hard-codes a 60 s
     cycle and ignores its loopCycle setting, which made every task end up to a minute late; the
     Adder (add_main) takes a job report over from a stalled worker after 10 minutes, now 1 (3 of
     176 reports stalled after "new start" in our runs, cause not found; their jobs stayed
     ``holding`` and their tasks never ended within a test's wait).
-    Fix 7 (not in shared/real-panda-server.md): JEDI's self-deadlock on its one DB proxy (below)."""
+    Fix 7 (not in shared/real-panda-server.md): JEDI's self-deadlock on its one DB proxy (below).
+    Lost-file recovery: ``RecoverLostFilesCore`` asks Rucio which output files still exist; here it
+    asks the stand-in (``rucio_standin.py``: no dataset is known, so every finished output is lost)."""
     path = site_packages() / "pandaserver" / "taskbuffer" / "db_proxy_mods" / "metrics_module.py"
     text = path.read_text()
     start = text.index("def get_task_failure_metrics")
@@ -174,6 +176,15 @@ def patch_installed_server() -> None:
     if text.count(SITE_MAPPER_BEFORE) != 2:
         raise RuntimeError(f"{path}: the SiteMapper deadlock fix no longer applies; see SITE_MAPPER_INSIDE")
     path.write_text(text)
+    path = site_packages() / "pandaserver" / "dataservice" / "RecoverLostFilesCore.py"
+    text = path.read_text()
+    if RUCIO_STANDIN not in text:
+        path.write_text(text + RUCIO_STANDIN)
+
+
+#: Appended to RecoverLostFilesCore.py: its main() looks get_files_from_rucio up at call time.
+RUCIO_STANDIN = ("\n# real-panda harness: no Rucio here (integration/real_panda/rucio_standin.py)\n"
+                 "from integration.real_panda.rucio_standin import get_files_from_rucio  # noqa: E402,F811\n")
 
 
 #: Fix 7, a deadlock: each JediTaskBuffer process has one DB proxy (nDBConnection=1), and two of its
@@ -415,7 +426,10 @@ def configure(state: dict) -> None:
 
 
 def _daemon_config() -> str:
-    config = {"add_main": {"enable": True, "period": 5, "loop": True}, "add_sub": {"enable": True, "period": 5}}
+    # recover_lost_files_daemon (not in the template's list) carries out file recovery requests: it
+    # picks up the request files the server writes (cache_dir/recov.*) once they are 5 s old.
+    config = {"add_main": {"enable": True, "period": 5, "loop": True}, "add_sub": {"enable": True, "period": 5},
+              "recover_lost_files": {"module": "recover_lost_files_daemon", "enable": True, "period": 5}}
     return json.dumps(config)
 
 
