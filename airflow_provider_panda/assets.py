@@ -277,10 +277,27 @@ def publish_outputs(operator: Any, context: Mapping[str, Any], task_id: int,
 
 def output_dids_of(ti: Any, task_id: str) -> str:
     """Comma-joined ``scope:container`` of the output datasets (not the log) an upstream PanDA task
-    pushed as ``output_datasets``: a Jinja filter for ``in_ds`` (``{{ ti | panda_outputs('generate') }}``
-    with ``user_defined_filters={"panda_outputs": output_dids_of}``)."""
-    outputs = ti.xcom_pull(task_ids=task_id, key=OUTPUTS_KEY) or []
-    return ",".join(o["did"] for o in outputs if o.get("type") == "output")
+    pushed as ``output_datasets``, what ``in_ds`` takes: the Jinja filter ``panda_outputs``
+    (``{{ ti | panda_outputs('generate') }}``), in every PanDA operator's templates. A mapped upstream
+    gives all its map indexes' outputs, in map-index order, each dataset once."""
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise PandaInputError(f"panda_outputs takes the task_id of an upstream PanDA task, e.g. "
+                              f"{{{{ ti | panda_outputs('generate') }}}}, got {task_id!r:.60}")
+    # task_ids as a list: always one value per map index (Airflow orders them by map index), so an
+    # unmapped upstream ([outputs]) and a mapped one ([outputs of 0, outputs of 1, ...]) read alike
+    pulled = ti.xcom_pull(task_ids=[task_id], key=OUTPUTS_KEY)
+    pushed = [outputs for outputs in pulled or [] if outputs is not None]
+    if not pushed:
+        raise PandaInputError(f"panda_outputs({task_id!r}): no task {task_id!r} of this DAG run pushed "
+                              f"{OUTPUTS_KEY!r} (a SubmitTaskOperator or @task.panda task pushes it when its "
+                              "PanDA task succeeded and its outputs could be read): check the task_id, and that "
+                              "this task runs after it")
+    dids: dict[str, None] = {}  # a dict keeps the first occurrence's order
+    for outputs in pushed:
+        for output in outputs if isinstance(outputs, list) else []:
+            if isinstance(output, Mapping) and output.get("type") == "output" and isinstance(output.get("did"), str):
+                dids.setdefault(output["did"], None)
+    return ",".join(dids)
 
 
 def add_template_filters(env: Any) -> Any:

@@ -3,7 +3,7 @@
 ``generate`` makes events (output ``evt.root``); when it is ``done`` its XCom ``output_datasets`` lists
 the output and log datasets with their file counts. ``analyse`` takes the output containers
 (``did``: ``scope:container``) as its ``in_ds`` through a template (the ``panda_outputs`` filter), and
-runs one job per file.
+runs one job per file. Nothing is registered: the filter is in every PanDA operator's templates.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
-from airflow_provider_panda.assets import output_dids_of
 from airflow_provider_panda.operators.task import SubmitTaskOperator
 from airflow_provider_panda.tasks import PrunTask
 
@@ -29,7 +28,6 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     params=PARAMS,
-    user_defined_filters={"panda_outputs": output_dids_of},
     tags=["panda", "example", "assets"],
     doc_md=__doc__,
 ):

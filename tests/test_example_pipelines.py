@@ -1,6 +1,7 @@
 """The data-aware example DAGs under ``airflow dags test`` against the local server: the producer's
 XCom and asset events, the consumer on the produced dataset, two tasks chained through XCom, and the
-OpenLineage events of a run (the OpenLineage provider's file transport)."""
+OpenLineage events of a run (the OpenLineage provider's file transport), and a mapped producer's
+outputs fanned in to one task."""
 
 from __future__ import annotations
 
@@ -81,3 +82,16 @@ def test_chain_through_xcom(dags_test, panda_server):  # noqa: F811
     assert analyse.params["dsForIN"] == generated["did"] and generated["n_files"] == 2
     [listing] = panda_server.sim.datasets_and_files(analyse.task_id, ["input"])
     assert [f["lfn"] for f in listing["files"]] == generated["files"]
+
+
+def test_fan_in_of_a_mapped_producer(dags_test, panda_server):  # noqa: F811
+    run = dags_test("panda_fan_in", tag="fanin")
+    assert run.states == {"generate[0]": "success", "generate[1]": "success", "generate[2]": "success",
+                          "merge": "success"}, run.output[-3000:]
+    produced = [o["did"] for i in range(3) for o in run.xcom("generate", "output_datasets", map_index=i)
+                if o["type"] == "output"]
+    assert [did.split(".fanin.")[1].split(".", 1)[1] for did in produced] == [
+        "s11_evt.root/", "s12_evt.root/", "s13_evt.root/"]
+    [merge] = [t for t in panda_server.sim.tasks.values() if t.task_id == run.xcom("merge")]
+    assert merge.params["dsForIN"] == ",".join(produced)  # every map index's container, in map-index order
+    assert merge.status == "done" and merge.name.endswith(".merged/")

@@ -118,6 +118,15 @@ class _PandaOperator(BaseOperator):
 
         return add_template_filters(super().get_template_env(dag))
 
+    def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
+        """Render with the provider's filters in whatever environment Airflow passes: the task runner
+        passes the DAG's, and a mapped task renders with the MappedOperator's, not get_template_env's."""
+        if jinja_env is not None:
+            from airflow_provider_panda.assets import add_template_filters
+
+            add_template_filters(jinja_env)
+        return super().render_template(content, context, jinja_env, seen_oids)
+
     def _remember(self, context: Context, task_id: int, task_name: str | None = None) -> None:
         """Make the id known at once: XComs for users and the link, the state store for retries
         (with the taskName it was submitted under, so a try under another name does not reuse it)."""

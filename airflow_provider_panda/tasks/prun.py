@@ -4,7 +4,9 @@ splitting rules, MiscUtils.makeJediJobParam and PsubUtils.convertParamStrToJediP
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -34,6 +36,10 @@ _STREAM = re.compile(r"[A-Z][A-Z0-9_]*")
 _PLACEHOLDER = re.compile(r"%([A-Z][A-Z0-9_]+)")
 # prun's check_invalid_char: characters a file or dataset name may not hold
 _BAD_NAME_CHARS = "%|;><?'\"()$@:=&^#\\[]{}`"
+#: How to give several input datasets: said by every in_ds error.
+SEVERAL_IN_DS = ("several datasets go as a list (in_ds=['scope:a', 'scope:b']), as one string of names separated by "
+                 "commas ('scope:a,scope:b'), or as a template rendering either (an upstream task's list XCom renders "
+                 "as a list literal, which is read as the list)")
 
 
 @dataclass
@@ -77,7 +83,8 @@ class PrunTask:
         ``%FIRSTEVENT``, ``%MAXEVENTS``, ``%SEGMENT_NAME``, ``%CORE_NUMBER`` and secondary stream names.
     :param out_ds: the output dataset container (``user.<nickname>.<name>``; a trailing ``/`` is added);
         it is also the task's name, so make it unique per run.
-    :param in_ds: input dataset(s) (one name, or several read as one primary stream).
+    :param in_ds: input dataset(s), read as one primary stream (prun's comma-separated ``--inDS``): a name,
+        names separated by commas, a list of names, or a list literal (how an upstream's list XCom renders).
     :param secondary: secondary input streams (``%<STREAM>`` in ``exec``).
     :param outputs: output file names (``[suffix:]name``, ``*`` allowed, or ``regex|...``).
     :param sandbox: a directory whose files the job needs: packed and uploaded at run time (prun's
@@ -171,9 +178,15 @@ class PrunTask:
             raise PandaInputError("sandbox must be a directory path")
         if ready(self.out_ds):
             self._out_ds()
-        for name in self._inputs():
+        inputs = self._inputs()
+        for name in inputs:
             if ready(name):
-                _check_in_ds(name, "in_ds")
+                _check_in_ds(name, "in_ds", hint=SEVERAL_IN_DS)
+                if name == "None":  # what a template reading an empty XCom renders
+                    raise PandaInputError(f"in_ds is 'None' (a template that read an empty XCom?); {SEVERAL_IN_DS}")
+        if not inputs and self.in_ds not in (None, "") and ready(self.in_ds):
+            raise PandaInputError(f"in_ds {self.in_ds!r:.140} names no dataset (an upstream that produced none?); "
+                                  "leave in_ds out for a task without input")
         if ready(self.out_ds) and all(ready(o) for o in self.outputs):
             self._outputs()
         if ready(self.exec):
@@ -206,13 +219,15 @@ class PrunTask:
                                   f"got {self.container_image!r:.80}")
 
     def _inputs(self) -> list[str]:
+        """The input dataset names, in order, as prun's comma-separated ``--inDS`` lists them."""
         if self.in_ds is None or self.in_ds == "":
             return []
         if isinstance(self.in_ds, str):
-            return [d.strip() for d in self.in_ds.split(",") if d.strip()]
+            return _in_ds_names(self.in_ds)
         if isinstance(self.in_ds, (list, tuple)) and all(isinstance(d, str) for d in self.in_ds):
-            return [d.strip() for d in self.in_ds if d.strip()]
-        raise PandaInputError("in_ds must be a dataset name or a list of them")
+            return [name for item in self.in_ds for name in _in_ds_names(item)]
+        raise PandaInputError(f"in_ds must be dataset names, got {type(self.in_ds).__name__} {self.in_ds!r:.80}; "
+                              f"{SEVERAL_IN_DS}")
 
     def _sites(self) -> list[str]:
         if self.site is None or self.site == "":
@@ -536,6 +551,8 @@ class PrunTask:
         Strings are always rendered as templates, never loaded as files (an output named ``x.json``
         stays a name), with the operator's environment (the DAG's macros and filters).
         """
+        from airflow_provider_panda.assets import add_template_filters
+
         task = context.get("task")
         if task is not None and hasattr(task, "get_template_env"):
             env = task.get_template_env()
@@ -543,6 +560,7 @@ class PrunTask:
             import jinja2
 
             env = jinja2.Environment()
+        add_template_filters(env)  # panda_outputs, whichever operator renders the builder
 
         def render(value: Any) -> Any:
             if isinstance(value, str):
@@ -602,10 +620,45 @@ def _count(value: Any, what: str) -> int:
     return value
 
 
-def _check_in_ds(name: Any, what: str) -> None:
+def _check_in_ds(name: Any, what: str, hint: str = "") -> None:
+    """Refuse what is not an input dataset name (``[scope:]name``, wildcards allowed), with the hint."""
     if not isinstance(name, str) or not name.isascii() or not _IN_DS_NAME.fullmatch(name):
         raise PandaInputError(f"{what} {name!r:.140} is not a dataset name ([scope:]name of letters, digits, "
-                              "'.', '_', '-', '*')")
+                              "'.', '_', '-', '*')" + (f"; {hint}" if hint else ""))
+
+
+def _templated(text: str) -> bool:
+    """Whether a string is still a Jinja template (its names can be checked only once rendered)."""
+    return "{{" in text or "{%" in text
+
+
+def _in_ds_names(text: str) -> list[str]:
+    """The dataset names in one string of ``in_ds``: names separated by commas, or a Python or JSON list
+    literal of names (what an upstream's list XCom renders to); an unrendered template stays whole."""
+    text = text.strip()
+    if _templated(text):
+        return [text]  # checked once rendered
+    if text.startswith(("[", "(")):
+        items = _list_literal(text)
+    else:
+        items = [text]
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
+
+
+def _list_literal(text: str) -> list[str]:
+    """A list of strings written as JSON or as a Python literal (read as data, never evaluated)."""
+    value: Any = None
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise PandaInputError(f"in_ds {text!r:.140} looks like a list but is not a list of dataset names; "
+                              f"{SEVERAL_IN_DS}")
+    return list(value)
 
 
 def _source_url(url: str) -> str:
