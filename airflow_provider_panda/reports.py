@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_panda.exceptions import PandaError, PandaTaskFailedError
-from airflow_provider_panda.waiting import failure_message
+from airflow_provider_panda.waiting import attempt_reason, failure_message
 
 if TYPE_CHECKING:
     from airflow_provider_panda.hooks.panda import PandaHook
@@ -25,10 +26,22 @@ def progress_info(hook: PandaHook, task_id: int) -> dict[str, Any] | None:
     return _best_effort(lambda: hook.get_task_info(task_id), None, "the task's details")
 
 
-def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None) -> PandaTaskFailedError:
-    """The error a failed wait raises: status, ``errorDialog``, file counts, the commonest errors of
-    the newest jobs, and the monitor link; a read that fails only leaves its part out."""
+def failed_attempt(hook: PandaHook, task_id: int, status: str, log: Any = None) -> tuple[dict[str, Any], Any]:
+    """One failed attempt, for the log and the final report: ``{"attempt", "status", "reason"}``
+    (the task's ``errorDialog`` and the commonest errors of its newest jobs), and the task's details."""
     info = _best_effort(lambda: hook.get_task_info(task_id), log, "the task's details")
     jobs = _best_effort(lambda: hook.get_task_jobs(task_id), log, "the task's newest jobs")
-    message = failure_message(task_id, status, info, jobs, hook.monitor_url(task_id))
+    attempt = (info or {}).get("attemptNr")
+    return {"attempt": attempt if isinstance(attempt, int) else None, "status": status,
+            "reason": attempt_reason(info, jobs)}, info
+
+
+def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None,
+                attempts: Sequence[dict[str, Any]] = ()) -> PandaTaskFailedError:
+    """The error a failed wait raises: status, ``errorDialog``, file counts, the commonest errors of
+    the newest jobs, every earlier attempt with its reason, and the monitor link; a read that fails
+    only leaves its part out."""
+    info = _best_effort(lambda: hook.get_task_info(task_id), log, "the task's details")
+    jobs = _best_effort(lambda: hook.get_task_jobs(task_id), log, "the task's newest jobs")
+    message = failure_message(task_id, status, info, jobs, hook.monitor_url(task_id), attempts)
     return PandaTaskFailedError(message, task_id, status or "unknown")

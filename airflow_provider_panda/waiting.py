@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_panda import api
-from airflow_provider_panda.exceptions import PandaInputError
+from airflow_provider_panda.exceptions import PandaError, PandaInputError, PandaNotFoundError
 
 SUCCESS, FAILURE, TIMEOUT, ERROR = "success", "failure", "timeout", "error"
 #: How long a freshly submitted task may stay invisible (only DEFT knows it) before the wait fails.
@@ -60,6 +60,11 @@ class WaitSpec:
             raise PandaInputError(f"statuses {sorted(both)} are both success and failure statuses")
         return cls(success, failure)
 
+    @classmethod
+    def any(cls, exclude: Iterable[str] = ()) -> WaitSpec:
+        """Any status the task can have (but ``exclude``) ends the wait: a wait for a task to appear."""
+        return cls(tuple(s for s in api.TASK_STATUSES if s not in set(exclude)))
+
     def classify(self, status: str | None) -> str | None:
         """``success``, ``failure`` or None (keep waiting)."""
         if status in self.success:
@@ -78,25 +83,30 @@ def _stamp(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class StaleMark:
-    """A status left over from before a command (``failed`` right after a retry), with what the task
-    said then: its attempt number, last state change and error dialog. The same status read later
-    with any of those changed is a new outcome (the retry ran and ended, or JEDI refused it), so a
-    retry that fails again between two polls is still seen; without them (a server without
-    ``task/get_detailed_info``) only a different status in between, or the grace, ends the staleness.
+    """A status left over from before a command (``failed`` right after a retry, ``finished`` right
+    after a file recovery request), with what the task said then: its attempt number, last state
+    change and error dialog. The same status read later with any of those changed is a new outcome
+    (the retry ran and ended, or JEDI refused it), so a retry that fails again between two polls is
+    still seen; without them (a server without ``task/get_detailed_info``) only a different status
+    in between, or the grace, ends the staleness. ``command`` and ``sent_at`` (epoch seconds) say
+    which command made it stale and when: the grace counts from then, in whichever process waits.
     """
 
     status: str
     attempt: int | None = None
     changed: str | None = None
     dialog: str | None = None
+    command: str | None = None
+    sent_at: float | None = None
 
     @classmethod
-    def of(cls, status: str, info: dict[str, Any] | None) -> StaleMark:
+    def of(cls, status: str, info: dict[str, Any] | None, command: str | None = None) -> StaleMark:
+        sent_at = time.time()
         if not info:
-            return cls(status)
+            return cls(status, command=command, sent_at=sent_at)
         attempt = info.get("attemptNr")
         return cls(status, attempt if isinstance(attempt, int) else None, _stamp(info.get("stateChangeTime")),
-                   info.get("errorDialog"))
+                   info.get("errorDialog"), command, sent_at)
 
     @property
     def checkable(self) -> bool:
@@ -110,21 +120,42 @@ class StaleMark:
                 or info.get("errorDialog") != self.dialog)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "attempt": self.attempt, "changed": self.changed, "dialog": self.dialog}
+        return {"status": self.status, "attempt": self.attempt, "changed": self.changed, "dialog": self.dialog,
+                "command": self.command, "sent_at": self.sent_at}
 
     @classmethod
     def load(cls, value: Any) -> StaleMark | None:
-        """From a trigger kwarg or XCom: None, a bare status (older triggers), or :meth:`to_dict`."""
+        """From a trigger kwarg or XCom: None, a bare status, or :meth:`to_dict`."""
         if value is None or isinstance(value, StaleMark):
             return value
         if isinstance(value, str):
             return cls(value)
-        return cls(value["status"], value.get("attempt"), value.get("changed"), value.get("dialog"))
+        sent_at = value.get("sent_at")
+        return cls(value["status"], value.get("attempt"), value.get("changed"), value.get("dialog"),
+                   value.get("command"), float(sent_at) if isinstance(sent_at, (int, float)) else None)
+
+    @staticmethod
+    def newest(*marks: StaleMark | None) -> StaleMark | None:
+        """The mark of the latest command (a mark without a time counts as the oldest)."""
+        present = [m for m in marks if m is not None]
+        return max(present, key=lambda m: m.sent_at or 0.0) if present else None
+
+
+#: What a wait step asks its driver to read: the task's status, its details (to tell a stale
+#: status from a new one, or an unrefined task from a refined one), or its details for a progress
+#: line (best-effort: a failed read only leaves the line out).
+STATUS, DETAILS, PROGRESS = "status", "details", "progress"
 
 
 @dataclass
 class TaskWatch:
-    """One wait on one task: remembers the last status, logs changes, enforces the not-found grace."""
+    """One wait on one task: remembers the last status, logs changes, enforces the not-found grace.
+
+    :meth:`step` is the one rule every wait follows (the operators' sync wait and their visibility
+    and settle waits, the sensor in every mode, the trigger): read the status, read the details
+    when only they can tell, decide. It does no I/O; :func:`take_reading` and
+    :func:`take_reading_async` answer its reads.
+    """
 
     task_id: int
     spec: WaitSpec
@@ -135,14 +166,24 @@ class TaskWatch:
     changed: bool = False
     not_found_grace: float = NOT_FOUND_GRACE
     #: A status left over from before a command (see :class:`StaleMark`): it does not end the wait
-    #: until the task has left it, shows a new attempt or state change, or the grace has passed.
+    #: until the task has left it, shows a new attempt or state change, or the grace has passed
+    #: since the command was sent.
     stale: StaleMark | None = None
+    #: A task JEDI has not refined yet (``registered``, owner ``tobeset``) counts as not visible:
+    #: the server refuses its owner's commands until then. Used by the command operators.
+    until_refined: bool = False
+    #: Log a progress line (input files done, failed) on each status change.
+    progress: bool = True
     readings: int = 0
     #: When the current run of "not found" readings began: the start of the wait for a task never
     #: seen, the first such reading for one seen before (the real server answers "not found" on a
     #: database error too, so a seen task gets the whole grace again before the wait gives up).
     missing_since: float | None = None
     seen: bool = False
+    #: The task's details read by the last step, if it read them.
+    info: dict[str, Any] | None = None
+    #: The last transient read error of :func:`wait_until` (None once a read went through).
+    error: PandaError | None = None
 
     def __post_init__(self) -> None:
         self.stale = StaleMark.load(self.stale)
@@ -154,9 +195,31 @@ class TaskWatch:
         return self.changed and self.previous_status is not None and self.last_status is not None
 
     def needs_info(self, status: str | None) -> bool:
-        """Whether this reading is the stale status and only the task's details can tell whether
-        it is old or new: the caller then reads ``task/get_detailed_info`` and passes it on."""
-        return self.stale is not None and status == self.stale.status and self.stale.checkable
+        """Whether only the task's details can tell what this status means: a status that would end
+        the wait while a command's mark is on (from before the command, or its outcome?) or, before
+        a command, ``registered`` (refined yet?)."""
+        if self.until_refined and status == api.TASK_UNREFINED:
+            return True
+        return self.stale is not None and self.stale.checkable and self.spec.classify(status) is not None
+
+    def step(self) -> Generator[str, Any, str | None]:
+        """One reading: yields what to read (:data:`STATUS`, :data:`DETAILS`, :data:`PROGRESS`) and
+        is sent the answer (None: the server does not know the task); returns the verdict."""
+        status = yield STATUS
+        info = (yield DETAILS) if status is not None and self.needs_info(status) else None
+        if status is not None and info is None and self.needs_info(status):
+            status = None  # the details are missing too: a reading of "not found"
+        self.info = info
+        verdict = self.observe(status, info)
+        if self.moved and self.progress:
+            self.log_progress(info or (yield PROGRESS))
+        return verdict
+
+    def _overdue(self, now: float) -> bool:
+        """The grace is over: counted from the command when the mark says when it was sent."""
+        if self.stale is not None and self.stale.sent_at is not None:
+            return time.time() - self.stale.sent_at > self.not_found_grace
+        return now - self.started > self.not_found_grace
 
     def observe(self, status: str | None, info: dict[str, Any] | None = None) -> str | None:
         """Feed the status just read (None: the server does not know the task yet) and, when
@@ -164,9 +227,12 @@ class TaskWatch:
         after the status, so their status is the newer one, consistent with their attemptNr."""
         if info is not None and isinstance(info.get("status"), str):
             status = info["status"]
+        unrefined = (self.until_refined and status == api.TASK_UNREFINED and info is not None
+                     and info.get("userName") == api.UNREFINED_OWNER)
         self.previous_status = self.last_status
         self.changed = status != self.last_status or not self.readings
         self.readings += 1
+        now = time.monotonic()
         if self.changed:
             if status is None and self.seen:
                 self.log.warning("PanDA task %s: the server does not find it now (it answers so on a database "
@@ -175,30 +241,139 @@ class TaskWatch:
             elif status is None:
                 self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the id); "
                               "waiting up to %.0f s", self.task_id, self.not_found_grace)
+            elif unrefined:
+                self.log.info("PanDA task %s is %s: JEDI has not refined it yet, and until then the server refuses "
+                              "its owner's commands; waiting up to %.0f s", self.task_id, status,
+                              self.not_found_grace)
             else:
                 self.log.info("PanDA task %s: %s -> %s", self.task_id, self.last_status or "(start)", status)
         self.last_status = status
-        now = time.monotonic()
-        overdue = now - self.started > self.not_found_grace
         if status is None:
             if self.missing_since is None:
                 self.missing_since = now if self.seen else self.started
             return ERROR if now - self.missing_since > self.not_found_grace else None
         self.seen, self.missing_since = True, None
-        if self.stale is not None:
-            if status == self.stale.status:
-                if info is not None and self.stale.superseded_by(info):
-                    self.log.info("PanDA task %s: %s again (attempt %s)", self.task_id, status, info.get("attemptNr"))
-                elif not overdue:
-                    return None
-            self.stale = None
+        if unrefined:  # after the grace the command is sent anyway (a production role may) and its answer stands
+            return SUCCESS if now - self.started > self.not_found_grace else None
+        if self.stale is not None and self._still_stale(status, info, now):
+            return None
         return self.spec.classify(status)
+
+    def _still_stale(self, status: str, info: dict[str, Any] | None, now: float) -> bool:
+        """Whether this reading is from before the command. With the task's details: any status that
+        would end the wait while its attempt, last state change and error dialog are the mark's
+        (after a recovery request JEDI turns ``done`` into ``finished`` by a bare UPDATE first);
+        without them, the marked status until another one is seen. The grace ends it either way."""
+        stale = self.stale
+        assert stale is not None
+        if info is not None and stale.superseded_by(info):
+            if status == stale.status:
+                self.log.info("PanDA task %s: %s again (attempt %s)", self.task_id, status, info.get("attemptNr"))
+            self.stale = None
+            return False
+        if info is None and status != stale.status:
+            self.stale = None  # no details to compare: another status is the sign the command was taken
+            return False
+        if self.spec.classify(status) is None:
+            return False  # it does not end the wait anyway; keep the mark for the statuses that would
+        if not self._overdue(now):
+            return True
+        self.log.warning("PanDA task %s is still %s %.0f s after the %s, as before it: taking that as the "
+                         "outcome", self.task_id, status, self.not_found_grace, stale.command or "command")
+        self.stale = None
+        return False
 
     def log_progress(self, info: dict[str, Any] | None) -> None:
         """One line of task-level progress (input files done and failed), from ``get_task_info``."""
         line = progress_line(info)
         if line:
             self.log.info("PanDA task %s: %s", self.task_id, line)
+
+
+class TaskSource:
+    """A task's status and details read through a sync hook (or anything with its two reads)."""
+
+    def __init__(self, client: Any, task_id: int) -> None:
+        self.client, self.task_id = client, task_id
+
+    def read(self) -> str | None:
+        try:
+            return self.client.get_task_status(self.task_id)
+        except PandaNotFoundError:
+            return None
+
+
+def _answer_details(request: str, read: Any) -> Any:
+    """Run one details read for a step: not found is None; a progress read never fails the step."""
+    try:
+        return read()
+    except PandaNotFoundError:
+        return None
+    except PandaError:
+        if request == PROGRESS:
+            return None
+        raise
+
+
+def take_reading(watch: TaskWatch, source: Any) -> str | None:
+    """One :meth:`TaskWatch.step` on a sync source (``read()`` for the status, ``client`` for the
+    details); a transient or definite error of the status read propagates to the caller."""
+    step, answer = watch.step(), None
+    while True:
+        try:
+            request = step.send(answer)
+        except StopIteration as done:
+            return done.value
+        if request == STATUS:
+            answer = source.read()
+        else:
+            answer = _answer_details(request, lambda: source.client.get_task_info(watch.task_id))
+
+
+async def take_reading_async(watch: TaskWatch, source: Any) -> str | None:
+    """:func:`take_reading` for an async source (the trigger's own reads or the shared poller)."""
+    step, answer = watch.step(), None
+    while True:
+        try:
+            request = step.send(answer)
+        except StopIteration as done:
+            return done.value
+        if request == STATUS:
+            answer = await source.read()
+        else:
+            try:
+                answer = await source.client.get_task_info(watch.task_id)
+            except PandaNotFoundError:
+                answer = None
+            except PandaError:
+                if request != PROGRESS:
+                    raise
+                answer = None
+
+
+def wait_until(watch: TaskWatch, source: Any, poll_interval: float, end_time: float | None = None,
+               sleep: Any = time.sleep) -> str:
+    """The sync wait loop: one :func:`take_reading` per ``poll_interval`` until a verdict, or
+    :data:`TIMEOUT` once ``end_time`` (epoch seconds) has passed. Transient faults (no answer,
+    5xx, 429, a page that is not PanDA's) only mean "not yet"; a definite error propagates. The
+    last transient error is kept on ``watch.error`` for a caller that must report it."""
+    from airflow_provider_panda.transport import is_transient
+
+    while True:
+        verdict = None
+        try:
+            verdict = take_reading(watch, source)
+            watch.error = None
+        except PandaError as exc:
+            if not is_transient(exc):
+                raise
+            watch.error = exc
+            watch.log.warning("PanDA task %s: status read failed (%s); still waiting", watch.task_id, exc)
+        if verdict is None and end_time is not None and time.time() >= end_time:
+            verdict = TIMEOUT
+        if verdict is not None:
+            return verdict
+        sleep(poll_interval)
 
 
 def progress_line(info: dict[str, Any] | None) -> str:
@@ -245,11 +420,32 @@ NEXT_STEP = {
 }
 
 
+def attempt_reason(info: dict[str, Any] | None, jobs: list[dict[str, Any] | None] | None) -> str:
+    """Why an attempt failed, in one line: PanDA's ``errorDialog`` and the commonest job errors."""
+    parts = []
+    if info and info.get("errorDialog"):
+        parts.append(f"PanDA says: {str(info['errorDialog'])[:300]}")
+    if jobs:
+        counts = job_counts(jobs)
+        failed = sum(n for s, n in counts.items() if s in api.JOB_FAILED)
+        errors = "; ".join(f"{count} x {text[:200]}" for text, count in top_errors(jobs, 2))
+        parts.append(f"{failed} of the {sum(counts.values())} newest jobs failed" + (f": {errors}" if errors else ""))
+    return "; ".join(parts) or "PanDA gave no reason (no errorDialog, no failed job read)"
+
+
+def attempt_line(attempt: dict[str, Any]) -> str:
+    """``attempt 1 ended failed: <reason>`` for a log line or the final report."""
+    number = attempt.get("attempt")
+    return f"attempt {'?' if number is None else number} ended {attempt.get('status')}: {attempt.get('reason')}"
+
+
 def failure_message(task_id: int, status: str | None, info: dict[str, Any] | None,
-                    jobs: list[dict[str, Any] | None] | None, monitor_url: str) -> str:
+                    jobs: list[dict[str, Any] | None] | None, monitor_url: str,
+                    attempts: Iterable[dict[str, Any]] = ()) -> str:
     """What a failed wait says: the status, the task's own explanation (``errorDialog``), its file
-    counts, the commonest errors of a sample of its newest jobs, and the monitor link. ``info`` and
-    ``jobs`` are best-effort (None when they could not be read): the failure is reported anyway."""
+    counts, the commonest errors of a sample of its newest jobs, the earlier attempts (each with its
+    reason and the parameters it was retried with), and the monitor link. ``info`` and ``jobs`` are
+    best-effort (None when they could not be read): the failure is reported anyway."""
     lines = [f"PanDA task {task_id} ended {status}."]
     if info and info.get("errorDialog"):
         lines.append(f"  PanDA says: {str(info['errorDialog'])[:1000]}")
@@ -262,6 +458,12 @@ def failure_message(task_id: int, status: str | None, info: dict[str, Any] | Non
         lines.append(f"  {failed} of the {sum(counts.values())} newest jobs failed.")
         for text, count in top_errors(jobs):
             lines.append(f"  {count} x {text}")
+    attempts = list(attempts)
+    if attempts:
+        lines.append(f"  Earlier attempts ({len(attempts)}):")
+        for attempt in attempts:
+            retried = attempt.get("retried_with")
+            lines.append(f"    {attempt_line(attempt)}" + (f"; retried with {retried}" if retried else "; retried"))
     if status in NEXT_STEP:
         lines.append(f"  Next: {NEXT_STEP[status]}")
     lines.append(f"Monitor: {monitor_url}")

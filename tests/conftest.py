@@ -45,6 +45,7 @@ def _server_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
         server = request.getfixturevalue("panda_server")
         server.sim.clock.freeze(False)
         server.sim.hidden.clear()
+        server.sim.hold_after.clear()
         server.sim.scripted.clear()
         server.panda.faults.clear()
         server.panda.fault_rate = 0.0

@@ -26,6 +26,7 @@ from airflow_provider_panda.exceptions import (
     PandaTimeoutError,
 )
 from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
+from airflow_provider_panda.marks import check_after_command, mark_before, publish, upstream_mark
 from airflow_provider_panda.waiting import (
     ERROR,
     FAILURE,
@@ -33,8 +34,11 @@ from airflow_provider_panda.waiting import (
     SUCCESS,
     TIMEOUT,
     StaleMark,
+    TaskSource,
     TaskWatch,
     WaitSpec,
+    attempt_line,
+    wait_until,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +100,8 @@ class _PandaOperator(BaseOperator):
     """What every PanDA operator shares: the connection, the monitor link, the task's visibility."""
 
     operator_extra_links = (PandaTaskLink(),)
+    #: Its commands leave a mark (XCom ``panda_command``) that the waits downstream look for (marks.py).
+    pushes_command_marks = True
     ui_color = "#e6f0ff"
 
     def __init__(self, *, panda_conn_id: str = "panda_default", not_found_grace: float = NOT_FOUND_GRACE,
@@ -153,52 +159,26 @@ class _PandaOperator(BaseOperator):
     def _await_visible(self, task_id: int, poll: float = 10.0) -> str:
         """A just-submitted task is only in DEFT for a while, then JEDI has it unrefined (status
         ``registered``, owner ``tobeset``): either way the server refuses its owner's commands ("not
-        the task owner"). Wait until JEDI has refined it, within ``not_found_grace``; a task still
-        unrefined then is commanded anyway (a production role may), and the server's answer stands."""
-        from airflow_provider_panda.transport import is_transient
+        the task owner"). Wait until JEDI has refined it, within ``not_found_grace``, through
+        transient faults too; a task still unrefined then is commanded anyway (a production role
+        may), and the server's answer stands."""
+        watch = TaskWatch(task_id, WaitSpec.any(), self.log, not_found_grace=self.not_found_grace,
+                          until_refined=True, progress=False)
+        verdict = wait_until(watch, TaskSource(self.hook, task_id), poll, time.time() + self.not_found_grace)
+        if verdict == TIMEOUT and watch.error is not None:
+            raise watch.error
+        if watch.last_status is None:
+            raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
+                                     f"(waited {self.not_found_grace:.0f} s for it to appear)")
+        return watch.last_status
 
-        deadline = time.monotonic() + self.not_found_grace
-        while True:
-            try:
-                status = self._status(task_id)
-            except PandaError as exc:  # an outage: keep trying within the grace, like a wait
-                if not is_transient(exc) or time.monotonic() > deadline:
-                    raise
-                self.log.warning("PanDA task %s: status read failed (%s); trying again", task_id, exc)
-            else:
-                left = max(0.0, deadline - time.monotonic())
-                if status is not None and (not left or not self._unrefined(task_id, status)):
-                    return status
-                if status is None and not left:
-                    raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
-                                             f"(waited {self.not_found_grace:.0f} s for it to appear)")
-                if status is None:
-                    self.log.info("PanDA task %s is not visible yet (queued in DEFT, or no such task: check the "
-                                  "id); waiting up to %.0f s more", task_id, left)
-                else:
-                    self.log.info("PanDA task %s is %s: JEDI has not refined it yet, and until then the server "
-                                  "refuses its owner's commands; waiting up to %.0f s more", task_id, status, left)
-            time.sleep(poll)
+    def _mark(self, task_id: int, status: str, command: str) -> StaleMark:
+        """What the task says before ``command``, so the waits after it can tell old from new."""
+        return mark_before(self.hook, task_id, status, command, self.log)
 
-    def _unrefined(self, task_id: int, status: str) -> bool:
-        """Whether JEDI has not refined the task yet: ``registered`` and its owner still ``tobeset``
-        (a refined task is ``registered`` too while it waits for its parent or its input)."""
-        if status != api.TASK_UNREFINED:
-            return False
-        try:
-            return self.hook.get_task_info(task_id).get("userName") == api.UNREFINED_OWNER
-        except PandaError as exc:
-            self.log.warning("Could not read PanDA task %s's details (%s); taking it as not refined yet", task_id, exc)
-            return True
-
-    def _mark(self, task_id: int, status: str) -> StaleMark:
-        """What the task says before a command, so the wait after it can tell old from new."""
-        try:
-            return StaleMark.of(status, self.hook.get_task_info(task_id))
-        except PandaError as exc:
-            self.log.warning("Could not read PanDA task %s's details (%s): the wait after the command "
-                             "relies on seeing the status change", task_id, exc)
-            return StaleMark(status)
+    def _sent(self, context: Context, task_id: int, mark: StaleMark) -> None:
+        """A command was accepted: the waits downstream (and this operator's own) look past ``mark``."""
+        publish(context, task_id, mark)
 
 
 class _PandaTaskWaiter(_PandaOperator):
@@ -215,9 +195,11 @@ class _PandaTaskWaiter(_PandaOperator):
         timeout: float | None = None,
         on_timeout: str = "fail",
         cancel_on_kill: bool = False,
+        after_command: str | Sequence[str] | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.after_command = check_after_command(after_command)
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.poll_interval = finite(poll_interval, "poll_interval", 0.01, MAX_POLL_INTERVAL)
         self.timeout = None if timeout is None else finite(timeout, "timeout", 0.01)
@@ -231,7 +213,10 @@ class _PandaTaskWaiter(_PandaOperator):
 
     def _wait(self, context: Context, task_id: int, spec: WaitSpec, end_time: float | None,
               stale: StaleMark | None = None, **resume: Any) -> Any:
-        """Wait in the worker or defer to the triggerer; both end in :meth:`_conclude`."""
+        """Wait in the worker or defer to the triggerer; both end in :meth:`_conclude`. The wait
+        looks past the status the task had before the newest command on it: this operator's own
+        (``stale``) or one sent upstream in this DAG run (marks.py)."""
+        stale = StaleMark.newest(stale, upstream_mark(self, context, task_id, self.after_command))
         if self.deferrable:
             from airflow_provider_panda.triggers.task import PandaTaskTrigger
 
@@ -251,31 +236,9 @@ class _PandaTaskWaiter(_PandaOperator):
               stale: StaleMark | None, **resume: Any) -> Any:
         """The sync wait: transient faults (no answer, 5xx, 429, a page that is not PanDA's) keep it
         going until its own timeout; only a definite answer ends it."""
-        from airflow_provider_panda.reports import progress_info
-        from airflow_provider_panda.transport import is_transient
-
         watch = TaskWatch(task_id, spec, self.log, stale=stale, not_found_grace=self.not_found_grace)
-        while True:
-            verdict = status = None
-            try:
-                status = self._status(task_id)
-                try:
-                    info = self.hook.get_task_info(task_id) if watch.needs_info(status) else None
-                except PandaNotFoundError:  # the details are missing too: a reading of "not found"
-                    status, info = None, None
-                verdict = watch.observe(status, info)
-                if watch.moved:
-                    watch.log_progress(info or progress_info(self.hook, task_id))
-            except PandaError as exc:
-                if not is_transient(exc):
-                    raise
-                self.log.warning("PanDA task %s: status read failed (%s); still waiting", task_id, exc)
-                status = watch.last_status
-            if verdict is None and end_time is not None and time.time() >= end_time:
-                verdict = TIMEOUT
-            if verdict is not None:
-                return self._conclude(context, task_id, verdict, status, end_time=end_time, **resume)
-            time.sleep(self.poll_interval)
+        verdict = wait_until(watch, TaskSource(self.hook, task_id), self.poll_interval, end_time)
+        return self._conclude(context, task_id, verdict, watch.last_status, end_time=end_time, **resume)
 
     def execute_complete(self, context: Context, event: dict[str, Any], end_time: float | None = None,
                          **resume: Any) -> Any:
@@ -290,11 +253,12 @@ class _PandaTaskWaiter(_PandaOperator):
         return self._conclude(context, task_id, event["status"], event.get("task_status"), **state)
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
-                  end_time: float | None = None, **resume: Any) -> Any:
+                  end_time: float | None = None, attempts: Sequence[dict[str, Any]] = (), **resume: Any) -> Any:
         from airflow_provider_panda.reports import task_failed
 
         if verdict == SUCCESS:
-            self.log.info("PanDA task %s ended %s: %s", task_id, status, self.hook.monitor_url(task_id))
+            self.log.info("PanDA task %s ended %s%s: %s", task_id, status,
+                          f" after {len(attempts) + 1} attempts" if attempts else "", self.hook.monitor_url(task_id))
             if self.publishes_outputs:  # XCom output_datasets and asset events (assets.py)
                 from airflow_provider_panda.assets import publish_outputs
 
@@ -304,7 +268,7 @@ class _PandaTaskWaiter(_PandaOperator):
             self._act_on_timeout(task_id, status)
         if verdict == ERROR:
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server")
-        raise task_failed(self.hook, task_id, status, self.log)
+        raise task_failed(self.hook, task_id, status, self.log, attempts)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the task's input and output datasets and a ``panda`` run facet (lineage.py)."""
@@ -468,6 +432,8 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         params = self._params(context)
         parent = None if self.parent_task_id in (None, "") else as_task_id(self.parent_task_id, "parent_task_id")
         task_id, stale = self._attach_or_submit(context, params, parent)
+        if stale is not None:  # this try retried or re-executed the task: later waits look past the old status
+            self._sent(context, task_id, stale)
         if not self.wait_for_completion:
             return task_id
         # a try that took over an earlier try's active task (a retry, a clear) may see it aborted by
@@ -545,7 +511,7 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         if self.if_exists == "reexecute" and status in api.RESUBMITTABLE_FROM:
             self.log.warning("taskName %r is held by PanDA task %s (%s); re-executing it through PanDA's incremental "
                              "execution (if_exists='reexecute')", params["taskName"], other_id, status)
-            stale = self._mark(other_id, status)
+            stale = self._mark(other_id, status, "re-execution")
             task_id = self._reexecute(params, parent, other_id)
             self._remember(context, task_id, params["taskName"])
             return task_id, stale if task_id == other_id else None
@@ -573,24 +539,23 @@ class SubmitTaskOperator(_PandaTaskWaiter):
         if status == "aborted":
             self.log.info("PanDA task %s was aborted: re-executing it through PanDA's incremental execution "
                           "(same task, same jediTaskID, a new attempt)", task_id)
-            stale = self._mark(task_id, status)
+            stale = self._mark(task_id, status, "re-execution")
             answered = self._reexecute(params, None, task_id)
             return answered, stale if answered == task_id else None
         if status in api.COMMAND_ALLOWED_FROM["retry"]:
             self.log.info("PanDA task %s ended %s before this try: asking PanDA to retry it", task_id, status)
-            stale = self._mark(task_id, status)
+            stale = self._mark(task_id, status, "retry")
             self.hook.retry_task(task_id, self.retry_new_params)
             return task_id, stale
         return task_id, None  # any other failing status: the wait reports it
 
     def _settled_status(self, task_id: int) -> str | None:
-        """The status, once a task on its way to a known end (``toabort`` > ``aborted``) is there."""
-        status = self._status(task_id)
-        deadline = time.monotonic() + self.not_found_grace
-        while status in SETTLING and time.monotonic() < deadline:
-            time.sleep(min(self.poll_interval, 10.0))
-            status = self._status(task_id)
-        return status
+        """The status, once a task on its way to a known end (``toabort`` > ``aborted``) is there,
+        within ``not_found_grace``; None at once for a task the server does not show yet."""
+        watch = TaskWatch(task_id, WaitSpec.any(exclude=SETTLING), self.log, not_found_grace=0.0, progress=False)
+        wait_until(watch, TaskSource(self.hook, task_id), min(self.poll_interval, 10.0),
+                   time.time() + self.not_found_grace)
+        return watch.last_status
 
     def _broken(self, task_id: int) -> None:
         """A broken task's definition cannot run: fail now, without spending Airflow retries."""
@@ -668,30 +633,41 @@ class SubmitTaskOperator(_PandaTaskWaiter):
 
     def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
                   end_time: float | None = None, retries_done: int = 0, reattached: bool = False,
-                  **resume: Any) -> Any:
+                  attempts: Sequence[dict[str, Any]] = (), **resume: Any) -> Any:
+        attempts = list(attempts or ())
         if verdict == FAILURE and status == "aborted" and reattached:
             self.log.info("PanDA task %s was aborted while this try waited on it (the earlier try's cancel_on_kill "
                           "after a clear or a kill): re-executing it through PanDA's incremental execution", task_id)
             params = self._params(context)
-            stale = self._mark(task_id, status)
+            stale = self._mark(task_id, status, "re-execution")
             answered = self._reexecute(params, None, task_id)
             if answered != task_id:
                 self._remember(context, answered, params["taskName"])
                 stale = None
-            return self._wait(context, answered, self.spec, end_time, stale=stale, retries_done=retries_done)
+            else:
+                self._sent(context, task_id, stale)
+            return self._wait(context, answered, self.spec, end_time, stale=stale, retries_done=retries_done,
+                              attempts=attempts)
         if verdict == FAILURE and retries_done < self.auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
-            stale = self._mark(task_id, status)
+            from airflow_provider_panda.reports import failed_attempt
+
+            attempt, info = failed_attempt(self.hook, task_id, status, self.log)
+            stale = StaleMark.of(status, info, "retry")
             try:
                 self.hook.retry_task(task_id, self.retry_new_params)
             except PandaCommandRejected as exc:
                 self.log.warning("PanDA refused to retry task %s: %s", task_id, exc.server_message)
             else:
-                self.log.info("PanDA task %s ended %s: automatic retry %d of %d", task_id, status,
-                              retries_done + 1, self.auto_retries)
-                return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done + 1)
+                self._sent(context, task_id, stale)
+                attempt["retried_with"] = dict(self.retry_new_params or {})
+                self.log.warning("PanDA task %s: %s; automatic retry %d of %d%s", task_id, attempt_line(attempt),
+                                 retries_done + 1, self.auto_retries,
+                                 f" with {attempt['retried_with']}" if attempt["retried_with"] else "")
+                return self._wait(context, task_id, self.spec, end_time, stale=stale, retries_done=retries_done + 1,
+                                  attempts=[*attempts, attempt])
         if verdict == FAILURE and status == "broken":
             self._broken(task_id)
-        return super()._conclude(context, task_id, verdict, status, end_time=end_time)
+        return super()._conclude(context, task_id, verdict, status, end_time=end_time, attempts=attempts)
 
 
 class RetryTaskOperator(_PandaTaskWaiter):
@@ -718,7 +694,7 @@ class RetryTaskOperator(_PandaTaskWaiter):
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
         status = self._await_visible(task_id)
-        stale = self._mark(task_id, status)
+        stale = self._mark(task_id, status, "retry")
         try:
             self.log.info("PanDA: %s", self.hook.retry_task(task_id, self.new_params))
         except PandaCommandRejected:
@@ -726,6 +702,7 @@ class RetryTaskOperator(_PandaTaskWaiter):
                 raise
             self.log.info("PanDA task %s is already %s: nothing to retry", task_id, status)
             return task_id
+        self._sent(context, task_id, stale)
         if not self.wait_for_completion:
             return task_id
         return self._wait(context, task_id, self.spec, self._end_time(), stale=stale)
@@ -750,8 +727,8 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
         self._remember(context, task_id)
         status = self._await_visible(task_id)
         # PanDA only queues the command (JEDI's TaskCommando acts later): the status it found
-        # (``exhausted``, say) must not end the wait after it
-        stale = self._mark(task_id, status) if self.wait_for_termination else None
+        # (``exhausted``, say) must not end the wait after it, nor any wait downstream
+        stale = self._mark(task_id, status, self.command)
         try:
             self.log.info("PanDA: %s", self._send(task_id))
         except PandaCommandRejected as exc:
@@ -760,6 +737,7 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
                 raise
             self.log.info("PanDA task %s is already %s: nothing to %s", task_id, status, self.command)
             return task_id
+        self._sent(context, task_id, stale)
         if not self.wait_for_termination:
             return task_id
         return self._wait(context, task_id, WaitSpec(success=tuple(sorted(api.TASK_FINAL))), self._end_time(),
@@ -770,7 +748,7 @@ class _TerminateTaskOperator(_PandaTaskWaiter):
         if verdict == SUCCESS:
             self.log.info("PanDA task %s ended %s", task_id, status)
             return task_id
-        return super()._conclude(context, task_id, verdict, status, end_time=end_time)
+        return super()._conclude(context, task_id, verdict, status, end_time=end_time, **resume)
 
     def _already_done(self, status: str | None) -> bool:
         return status in api.COMMAND_REFUSED_IN[self.command]
@@ -804,20 +782,49 @@ class FinishTaskOperator(_TerminateTaskOperator):
         return self.hook.finish_task(task_id, soft=self.soft)
 
 
-class FileRecoveryOperator(_PandaOperator):
-    """Ask PanDA to recover a task's lost files; returns the URL of the recovery log."""
+class FileRecoveryOperator(_PandaTaskWaiter):
+    """Ask PanDA to recover a task's lost files, and optionally wait for the recovered task.
 
+    Returns the URL of the recovery log. PanDA handles the request later (the task's status changes
+    only when the recovery runs), so the wait, and every PanDA wait downstream, looks past the
+    status the task had when the request was sent.
+
+    :param dry_run: only report what would be recovered (nothing to wait for).
+    :param wait_for_completion: wait until the task reaches a final status after the recovery.
+    :param success_statuses: statuses that succeed (default ``("done",)``); ``allow_partial``: ``finished`` too.
+    """
+
+    publishes_outputs = True
     template_fields: Sequence[str] = ("jedi_task_id",)
 
-    def __init__(self, *, jedi_task_id: int | str, dry_run: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, jedi_task_id: int | str, dry_run: bool = False, wait_for_completion: bool = False,
+                 success_statuses: Sequence[str] = api.TASK_DEFAULT_SUCCESS, allow_partial: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if dry_run and wait_for_completion:
+            raise PandaInputError("FileRecoveryOperator: a dry run recovers nothing, so there is nothing to wait "
+                                  "for; drop wait_for_completion or dry_run")
         self.jedi_task_id = jedi_task_id
         self.dry_run = dry_run
+        self.wait_for_completion = wait_for_completion
+        self.spec = WaitSpec.build(success_statuses, allow_partial=allow_partial)
 
     def execute(self, context: Context) -> str:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
-        self._await_visible(task_id)
+        status = self._await_visible(task_id)
+        stale = None if self.dry_run else self._mark(task_id, status, "file recovery")
         url = self.hook.send_file_recovery_request(task_id, dry_run=self.dry_run)
-        self.log.info("PanDA accepted the file recovery request for task %s; log: %s", task_id, url)
-        return url
+        self.log.info("PanDA accepted the %sfile recovery request for task %s; log: %s",
+                      "dry-run " if self.dry_run else "", task_id, url)
+        if stale is None:
+            return url
+        self._sent(context, task_id, stale)
+        if not self.wait_for_completion:
+            return url
+        return self._wait(context, task_id, self.spec, self._end_time(), stale=stale, recovery_log=url)
+
+    def _conclude(self, context: Context, task_id: int, verdict: str, status: str | None,
+                  end_time: float | None = None, recovery_log: str | None = None, **resume: Any) -> Any:
+        super()._conclude(context, task_id, verdict, status, end_time=end_time, **resume)
+        return recovery_log

@@ -15,7 +15,18 @@ from airflow_provider_panda.calls import as_task_id, finite
 from airflow_provider_panda.compat import conf
 from airflow_provider_panda.exceptions import PandaError, PandaNotFoundError
 from airflow_provider_panda.links import MONITOR_URL_KEY, PandaTaskLink
-from airflow_provider_panda.waiting import ERROR, FAILURE, NOT_FOUND_GRACE, SUCCESS, TIMEOUT, TaskWatch, WaitSpec
+from airflow_provider_panda.marks import check_after_command, upstream_mark
+from airflow_provider_panda.waiting import (
+    ERROR,
+    FAILURE,
+    NOT_FOUND_GRACE,
+    SUCCESS,
+    TIMEOUT,
+    TaskSource,
+    TaskWatch,
+    WaitSpec,
+    take_reading,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -41,6 +52,10 @@ class TaskStatusSensor(BaseSensorOperator):
     :param not_found_grace: how long the task may stay invisible (only DEFT knows it), in every mode.
     :param poll_interval: the operators' name for Airflow's ``poke_interval`` (either may be given).
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param after_command: the wait never ends on the status the task had before a command sent
+        upstream in this DAG run by a PanDA operator (a retry, a file recovery, a kill...): found
+        on its own. Name here other Airflow tasks that pushed such a mark (XCom ``panda_command``),
+        or give the mark itself.
     """
 
     template_fields: Sequence[str] = ("jedi_task_id",)
@@ -60,6 +75,7 @@ class TaskStatusSensor(BaseSensorOperator):
         target_statuses: Sequence[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         poll_interval: float | None = None,
+        after_command: str | Sequence[str] | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if poll_interval is not None:  # the operators' word for Airflow's poke_interval
@@ -74,6 +90,7 @@ class TaskStatusSensor(BaseSensorOperator):
                 raise TypeError("give success_statuses or its old name target_statuses, not both")
             success_statuses = target_statuses
         self.jedi_task_id = jedi_task_id
+        self.after_command = check_after_command(after_command)
         self.spec = WaitSpec.build(success_statuses or api.TASK_DEFAULT_SUCCESS, failure_statuses,
                                    allow_partial=allow_partial)
         self.success_statuses = self.spec.success
@@ -104,32 +121,27 @@ class TaskStatusSensor(BaseSensorOperator):
                 if first is not None:
                     started -= max(0.0, time.time() - first.timestamp())
             self._watch = TaskWatch(task_id, self.spec, self.log, started=started,
-                                    not_found_grace=self.not_found_grace)
+                                    not_found_grace=self.not_found_grace,
+                                    stale=upstream_mark(self, context, task_id, self.after_command))
             context["ti"].xcom_push(key=MONITOR_URL_KEY, value=self.hook.monitor_url(task_id))
             self._jedi_task_id = task_id
         return self._watch
 
     def poke(self, context: Context) -> bool:
-        from airflow_provider_panda.reports import progress_info, task_failed
+        from airflow_provider_panda.reports import task_failed
         from airflow_provider_panda.transport import is_transient
 
         task_id = as_task_id(self.jedi_task_id)
         watch = self._watch_for(context, task_id)
         try:
-            try:
-                status = self.hook.get_task_status(task_id)
-            except PandaNotFoundError:
-                status = None
-            verdict = watch.observe(status)
+            verdict = take_reading(watch, TaskSource(self.hook, task_id))
         except PandaError as exc:
             if not is_transient(exc):
                 raise
             self.log.warning("PanDA task %s: status read failed (%s); poking again", task_id, exc)
             return False
-        if watch.moved:
-            watch.log_progress(progress_info(self.hook, task_id))
         if verdict == FAILURE:
-            raise task_failed(self.hook, task_id, status, self.log)
+            raise task_failed(self.hook, task_id, watch.last_status, self.log)
         if verdict == ERROR:
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                      f"(waited {self.not_found_grace:.0f} s for it to appear)")
@@ -143,11 +155,13 @@ class TaskStatusSensor(BaseSensorOperator):
         from airflow_provider_panda.triggers.task import PandaTaskTrigger
 
         task_id = as_task_id(self.jedi_task_id)
+        stale = self._watch.stale if self._watch is not None else None
         self.defer(
             trigger=PandaTaskTrigger(jedi_task_id=task_id, panda_conn_id=self.panda_conn_id,
                                      poll_interval=self.poke_interval, success_statuses=self.spec.success,
                                      failure_statuses=self.spec.failure, end_time=time.time() + self.timeout,
-                                     cancel_on_kill=False, not_found_grace=self.not_found_grace),
+                                     cancel_on_kill=False, not_found_grace=self.not_found_grace,
+                                     stale_status=stale.to_dict() if stale is not None else None),
             method_name="execute_complete",
         )
 

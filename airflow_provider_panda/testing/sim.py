@@ -69,6 +69,10 @@ class Clock:
     def now(self) -> float:
         return self._frozen_at if self._frozen_at is not None else time.monotonic() + self._offset
 
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
+
     def advance(self, seconds: float) -> None:
         if self._frozen_at is not None:
             self._frozen_at += seconds
@@ -191,6 +195,9 @@ class PandaSim:
         self.jobs: dict[int, Job] = {}
         self.files: dict[str, tuple[str, int, int]] = {}  # name -> (owner, size, crc)
         self.recovery_requests: list[dict[str, Any]] = []
+        #: Control: commands ("kill", "finish", "retry", "recover") that freeze the clock as they are
+        #: accepted, so JEDI "has not acted yet" until a test lets the clock go (``clock.freeze(False)``).
+        self.hold_after: set[str] = set()
         self._task_ids = itertools.count(first_task_id)
         self._job_ids = itertools.count(first_job_id)
         self._heap: list[tuple[float, int]] = []
@@ -458,6 +465,7 @@ class PandaSim:
                 return CommandCode.BAD_STATUS, messages.command_rejected_message(command, view.status, extra)
             # the server only queues kill and finish (PRODSYS_COMM); JEDI's TaskCommando acts later,
             # so the task keeps its status (``exhausted``, say) for one step, as after a retry
+            self._hold(command)
             if command == "kill":
                 self._schedule(task, ["toabort", "aborted"])
             elif command == "finish":
@@ -490,6 +498,7 @@ class PandaSim:
                 return SubmitCode.DUPLICATE_JEDI, messages.submit_duplicate_message(task_id, task.status, task.name)
             task.params.update(new_params)
             message = messages.submit_incremental_message(task_id, task.status)
+            self._hold("retry")
             self._restart(task, "toincexec")
             return SubmitCode.INCREMENTAL, message
 
@@ -508,7 +517,16 @@ class PandaSim:
             task = self._visible_task(task_id)
             if task is not None and not dry_run and task.status in api.COMMAND_ALLOWED_FROM["incexec"]:
                 task.recoveries += 1
+                self._hold("recover")
+                if task.status == "done":
+                    # resetFileStatusInJEDI: a bare UPDATE to finished (the lost outputs no longer count),
+                    # attemptNr, stateChangeTime and errorDialog unchanged; then the retry
+                    task.status = "finished"
                 self._restart(task, "toretry")
+
+    def _hold(self, command: str) -> None:
+        if command in self.hold_after:
+            self.clock.freeze(True)
 
     def force(self, task_id: int, status: str | None = None, outcomes: list[str] | None = None,
               backdate: float | None = None) -> Task:

@@ -14,13 +14,12 @@ from airflow_provider_panda.exceptions import PandaCommandRejected, PandaError, 
 from airflow_provider_panda.transport import is_transient
 from airflow_provider_panda.waiting import (
     ERROR,
-    FAILURE,
     NOT_FOUND_GRACE,
-    SUCCESS,
     TIMEOUT,
     StaleMark,
     TaskWatch,
     WaitSpec,
+    take_reading_async,
 )
 
 _T = TypeVar("_T")
@@ -139,73 +138,65 @@ class PandaTaskTrigger(BaseTrigger):
         except PandaError as exc:
             yield self._event(ERROR, None, str(exc), exc)
             return
-        first = True
         try:
+            # A wait resumed at or past its deadline (the triggerer was down) still takes one reading:
+            # its own read of this task, bounded by the client's timeouts, not by the deadline or by
+            # the shared poller's next round (which may come later than that: a slow sweep).
+            if self._time_left() is not None and self._time_left() < self.poll_interval:
+                try:
+                    verdict = await take_reading_async(watch, _OwnSource(self, source.client))
+                except PandaError as exc:
+                    if not is_transient(exc):
+                        yield self._event(ERROR, watch.last_status, str(exc), exc)
+                        return
+                    self.log.warning("PanDA task %s: status read failed (%s)", self.jedi_task_id, exc)
+                    verdict = None
+                if verdict is not None or self._time_left() == 0:
+                    yield self._verdict_event(verdict or TIMEOUT, watch)
+                    return
             while True:
                 verdict = None
                 try:
-                    # The deadline bounds the wait for a reading too (rounds failing, a read's retries
-                    # and backoff); a wait started past it still gets one reading (the triggerer was down).
-                    grace, first = first, False
-                    read = await self._before_deadline(self._read(source, watch), grace)
-                    if read is not None:
-                        status, info = read
-                        verdict = watch.observe(status, info)
-                        if watch.moved:
-                            watch.log_progress(info or await self._before_deadline(self._info_or_none(source.client)))
+                    # The deadline bounds the wait for a reading too (rounds failing, a read's retries and backoff).
+                    verdict = await self._before_deadline(take_reading_async(watch, source))
                 except PandaError as exc:
                     if not is_transient(exc):
                         yield self._event(ERROR, watch.last_status, str(exc), exc)
                         return
                     self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
-                if verdict in (SUCCESS, FAILURE):
-                    message = f"PanDA task {self.jedi_task_id} is {watch.last_status}"
-                    yield self._event(verdict, watch.last_status, message)
-                    return
-                if verdict == ERROR:
-                    message = f"PanDA task {self.jedi_task_id} is not known to the server"
-                    yield self._event(ERROR, None, message, PandaNotFoundError(message))
-                    return
-                if self._time_left() == 0:
-                    yield self._event(TIMEOUT, watch.last_status, (
-                        f"PanDA task {self.jedi_task_id} still {watch.last_status} at the timeout"
-                        if watch.last_status is not None else
-                        f"PanDA task {self.jedi_task_id} had no known status at the timeout"))
+                if verdict is None and self._time_left() == 0:
+                    verdict = TIMEOUT
+                if verdict is not None:
+                    yield self._verdict_event(verdict, watch)
                     return
                 await source.pause(self._time_left())
         finally:
             await source.close()
 
+    def _verdict_event(self, verdict: str, watch: TaskWatch) -> TriggerEvent:
+        """The event that ends the wait with ``verdict``."""
+        status = watch.last_status
+        if verdict == ERROR:
+            message = f"PanDA task {self.jedi_task_id} is not known to the server"
+            return self._event(ERROR, None, message, PandaNotFoundError(message))
+        if verdict == TIMEOUT:
+            return self._event(TIMEOUT, status, f"PanDA task {self.jedi_task_id} still {status} at the timeout"
+                               if status is not None else
+                               f"PanDA task {self.jedi_task_id} had no known status at the timeout")
+        return self._event(verdict, status, f"PanDA task {self.jedi_task_id} is {status}")
+
     def _time_left(self) -> float | None:
         """Seconds until ``end_time`` (0 once past it); None without a deadline."""
         return None if self.end_time is None else max(0.0, self.end_time - time.time())
 
-    async def _before_deadline(self, step: Awaitable[_T], first: bool = False) -> _T | None:
-        """``step``'s result, or None if ``end_time`` came first (the first step always gets one
-        poll interval, so a wait resumed past its deadline still takes a reading)."""
+    async def _before_deadline(self, step: Awaitable[_T]) -> _T | None:
+        """``step``'s result, or None if ``end_time`` came first."""
         limit = self._time_left()
-        if limit is not None and first:
-            limit = max(limit, self.poll_interval)
         if limit is None:
             return await step
         try:
             return await asyncio.wait_for(step, limit)
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            return None
-
-    async def _read(self, source: _OwnSource | _SharedSource, watch: TaskWatch) -> tuple[str | None, Any]:
-        status = await source.read()
-        try:
-            info = await source.client.get_task_info(self.jedi_task_id) if watch.needs_info(status) else None
-        except PandaNotFoundError:  # the details are missing too: a reading of "not found" (the grace)
-            return None, None
-        return status, info
-
-    async def _info_or_none(self, client: Any) -> dict[str, Any] | None:
-        """Task-level progress for the log; a failed read only leaves the line out."""
-        try:
-            return await client.get_task_info(self.jedi_task_id)
-        except PandaError:
             return None
 
     async def on_kill(self) -> None:
