@@ -4,7 +4,8 @@ When the id token in use expires within a few minutes and a refresh token is at 
 ``refresh_token``, or a token file holding the IdP's JSON response), the client settings come from
 ``<server>/auth/<vo>_auth_config.json``, the token endpoint from the discovery document it names,
 and a ``grant_type=refresh_token`` POST returns a new id token. Refreshed tokens (and a refresh token
-the IdP rotates) are kept in this process (never written anywhere) and masked in logs.
+the IdP rotates) are kept in this process (never written anywhere) and registered with
+:mod:`.masking` as they arrive: redacted from our texts, masked in logs.
 """
 
 from __future__ import annotations
@@ -86,13 +87,12 @@ def fresh_token(token: str, refresh_token: str | None, base_url: str, vo: str, v
             if not expires_soon(best, 0):
                 grant.retry_at = time.monotonic() + RETRY_AFTER
                 log.warning("PanDA id token refresh failed (%s); the current token is valid until %s, kept",
-                            exc, time.strftime("%H:%M:%S", time.gmtime(_exp(best) or 0)))
+                            masking.redact(str(exc)), time.strftime("%H:%M:%S", time.gmtime(_exp(best) or 0)))
                 return best
             raise
         grant.retry_at = 0.0
         if rotated and rotated != (grant.refresh_token or refresh_token):
-            masking.mask(rotated)
-            grant.refresh_token = rotated
+            grant.refresh_token = rotated  # registered with the redaction when it arrived (_refresh)
         return grant.id_token
 
 
@@ -117,7 +117,13 @@ def _refresh(refresh_token: str, base_url: str, vo: str, verify: Any, timeout: f
             "client_secret": config.get("client_secret", ""), "refresh_token": refresh_token})
         _check(answer, step)
         body = answer.json()
+        if not isinstance(body, dict):
+            raise TypeError("the answer is not a JSON object")
+        for key in ("id_token", "refresh_token", "access_token"):  # every credential of the answer,
+            masking.mask(body.get(key))  # before anything can quote one (non-strings are ignored)
         token = body["id_token"]
+        if not isinstance(token, str) or not token:
+            raise TypeError("id_token is not a string")
         rotated = body.get("refresh_token") if isinstance(body.get("refresh_token"), str) else None
     except requests.RequestException as exc:
         # the texts of these errors name URLs, never the tokens (they travel in bodies)
@@ -126,14 +132,35 @@ def _refresh(refresh_token: str, base_url: str, vo: str, verify: Any, timeout: f
     except (ValueError, KeyError, TypeError) as exc:
         raise PandaAuthError(401, f"the id token expired and refreshing it failed: the {step} answer is "
                                   f"unusable ({type(exc).__name__})") from None
-    masking.mask(token)
     return token, rotated
+
+
+#: How much of an IdP's error answer an error quotes.
+MAX_IDP_TEXT = 200
+
+
+def _idp_said(response: Any) -> str:
+    """What an IdP's error answer says (OAuth's ``error: error_description``, else its text), redacted
+    before it is cut: an IdP may quote the grant, and so the refresh token, back."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        description = body.get("error_description")
+        text = body["error"] + (f": {description}" if isinstance(description, str) and description else "")
+    else:
+        text = response.text if isinstance(response.text, str) else ""
+    text = masking.redact(" ".join(text.split()))
+    return f" ({text[:MAX_IDP_TEXT]})" if text else ""
 
 
 def _check(response: Any, step: str) -> None:
     """5xx and 429 from the IdP are transient; any other non-200 refuses the refresh."""
     if response.status_code == 429 or response.status_code >= 500:
-        raise PandaServerError(response.status_code, f"the IdP ({step}) failed; the id token could not be refreshed")
+        raise PandaServerError(response.status_code, f"the IdP ({step}) failed; the id token could not be "
+                                                     f"refreshed{_idp_said(response)}")
     if response.status_code != 200:
         raise PandaAuthError(response.status_code, f"the id token expired and refreshing it failed: "
-                                                   f"the {step} answered HTTP {response.status_code}")
+                                                   f"the {step} answered HTTP {response.status_code}"
+                                                   f"{_idp_said(response)}")

@@ -86,6 +86,9 @@ class PandaConnectionConfig:
     retry_wait: float = DEFAULT_RETRY_WAIT
 
     def __post_init__(self) -> None:
+        # however the settings were built: every credential they hold is known to the redaction
+        masking.mask(self.token)
+        masking.mask(self.refresh_token)
         if self.auth not in AUTH_MODES:
             raise PandaConnectionConfigError(f"extra 'auth' must be one of {AUTH_MODES}, got {self.auth!r}")
         if self.auth == "oidc":
@@ -137,11 +140,11 @@ class PandaConnectionConfig:
             raise PandaConnectionConfigError(
                 f"cannot read token_file {self.token_file!r}: {exc.strerror}"
             ) from None
+        for secret in token_file_secrets(text):  # on every read: the file may have changed
+            masking.mask(secret)
         token, refresh = tokens_from_text(text)
         if not token:
             raise PandaConnectionConfigError(f"token_file {self.token_file!r} holds no token")
-        masking.mask(token)
-        masking.mask(refresh)
         return token, refresh
 
     def check_proxy(self) -> str:
@@ -158,13 +161,30 @@ def tokens_from_text(text: str) -> tuple[str | None, str | None]:
     maybe ``refresh_token``): (id token, refresh token)."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            data = json.loads(text)
-            return data.get("id_token"), data.get("refresh_token")
-        except (ValueError, AttributeError):
-            return None, None
+        data = _json_object(text)
+        token, refresh = data.get("id_token"), data.get("refresh_token")
+        return (token if isinstance(token, str) and token else None,
+                refresh if isinstance(refresh, str) and refresh else None)
     return text or None, None
 
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def token_file_secrets(text: str) -> list[str]:
+    """Every credential a token file holds: the raw token, or each ``*_token`` of the IdP's JSON
+    answer (``id_token``, ``refresh_token``, and ``access_token``, which the hook does not send
+    but the file holds all the same)."""
+    text = text.strip()
+    if not text.startswith("{"):
+        return [text] if text else []
+    return [value for key, value in _json_object(text).items()
+            if isinstance(key, str) and key.endswith("token") and isinstance(value, str) and value]
 
 
 def _set_extras(extra: dict[str, Any]) -> dict[str, Any]:
@@ -195,10 +215,8 @@ def config_from_connection(conn: Any) -> PandaConnectionConfig:
         raise PandaConnectionConfigError("connection extra must be a JSON object")
     extra = _set_extras(raw)
     token = getattr(conn, "password", None) or extra.get("token") or None
-    masking.mask(token)
     token_file = extra.get("token_file") or None
     refresh_token = extra.get("refresh_token") or None
-    masking.mask(refresh_token)
     # panda-client's defaults: X509_USER_PROXY, then /tmp/x509up_u<uid> when x509 is asked for
     x509_proxy = extra.get("x509_proxy") or os.environ.get("X509_USER_PROXY") or None
     auth = extra.get("auth") or ("oidc" if token or token_file else "x509" if x509_proxy else "none")

@@ -18,6 +18,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_panda import masking
 from airflow_provider_panda.exceptions import PandaCertificateError, PandaConnectionConfigError
 
 if TYPE_CHECKING:
@@ -52,11 +53,14 @@ def _file_identity(path: str) -> tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _proxy_expiry(path: str, identity: tuple[int, int, int]) -> datetime:
-    """The end of validity of the proxy's first certificate (read once per file version)."""
+    """The end of validity of the proxy's first certificate (read once per file version). Its key
+    material is registered with :mod:`.masking` here, before anything else reads the file: every
+    use of the proxy (a request, an SSL context) checks it first."""
     from cryptography import x509
 
     with open(path, "rb") as handle:
         data = handle.read()
+    masking.mask_private_keys(data)
     start = data.find(b"-----BEGIN CERTIFICATE-----")
     end = data.find(b"-----END CERTIFICATE-----", start)
     if start < 0 or end < 0:
@@ -108,7 +112,7 @@ def _build(store: str | None | bool, proxy: str | None, identity: Any, user: str
             ctx.load_cert_chain(proxy, proxy)
         except (ssl.SSLError, OSError) as exc:
             raise PandaConnectionConfigError(
-                f"x509_proxy {proxy!r} is not a usable certificate and key: {exc}") from None
+                f"x509_proxy {proxy!r} is not a usable certificate and key: {masking.redact(str(exc))}") from None
     return ctx
 
 

@@ -1,7 +1,8 @@
 """From a :class:`~airflow_provider_panda.calls.Call` to HTTP and back, for requests and httpx alike.
 
-Request building, answer parsing, the retry policy and secret redaction live here once; the
-hook (sync) and the async client only move bytes.
+Request building, answer parsing and the retry policy live here once; the hook (sync) and the async
+client only move bytes. Every text taken from an answer or a transport error into an exception or a
+log line goes through :func:`.masking.redact` (the credentials themselves are known there).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import random
 from typing import Any
 
-from airflow_provider_panda import api
+from airflow_provider_panda import api, masking
 from airflow_provider_panda.calls import Call
 from airflow_provider_panda.config import PandaConnectionConfig
 from airflow_provider_panda.exceptions import (
@@ -25,6 +26,9 @@ from airflow_provider_panda.exceptions import (
 )
 
 MAX_ERROR_TEXT = 500
+#: Texts are redacted before they are cut (a cut through a token would leave a part of it unredacted):
+#: this much of an answer is read past the cut, more than any token or key is long.
+REDACT_WINDOW = 64 * 1024
 USER_AGENT = "airflow-provider-panda"
 
 
@@ -57,18 +61,13 @@ def prepare(call: Call, cfg: PandaConnectionConfig, client: str = "requests",
     return request
 
 
-def redact(text: str, cfg: PandaConnectionConfig | None) -> str:
-    """Remove the connection's secrets from a text that may end up in a log or an exception."""
-    for secret in (cfg.token, cfg.refresh_token) if cfg is not None else ():
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
 def parse(status_code: int, content: bytes, cfg: PandaConnectionConfig | None = None) -> dict[str, Any]:
-    """The envelope of a 200 answer; typed errors for everything else."""
+    """The envelope of a 200 answer; typed errors for everything else. Any text taken from the
+    answer into an error (the body of an error, the envelope's message) is redacted: a server or
+    proxy may quote the request's Authorization header back. ``cfg`` is not needed any more (the
+    credentials are known in :mod:`.masking`), kept for callers."""
     if status_code != 200:
-        text = redact(content[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip(), cfg)
+        text = _excerpt(content, MAX_ERROR_TEXT).strip()
         if status_code == 403:
             if "expired" in text.lower() and "token" in text.lower():
                 text += (" (the id token expired: paste a fresh one into the connection, or set its refresh "
@@ -80,11 +79,20 @@ def parse(status_code: int, content: bytes, cfg: PandaConnectionConfig | None = 
     try:
         body = json.loads(content, object_hook=api.decode_special)
     except ValueError:  # a proxy's or SSO login page, a cut body
-        snippet = redact(content[:120].decode("utf-8", "replace"), cfg)
+        snippet = _excerpt(content, 120)
         raise PandaNotEnvelopeError(f"the server's answer is not JSON ({len(content)} bytes): {snippet!r}") from None
     if not isinstance(body, dict) or "success" not in body:
-        raise PandaNotEnvelopeError(f"the server's answer is not the PanDA envelope: {redact(str(body)[:120], cfg)!r}")
+        raise PandaNotEnvelopeError(f"the server's answer is not the PanDA envelope: {_excerpt(str(body), 120)!r}")
+    if isinstance(body.get("message"), str):  # the text of success: false errors (PandaCallFailed)
+        body["message"] = masking.redact(body["message"])
     return body
+
+
+def _excerpt(content: bytes | str, length: int) -> str:
+    """The first ``length`` characters of an answer, redacted before the cut."""
+    window = content[:length + REDACT_WINDOW]
+    text = window.decode("utf-8", "replace") if isinstance(window, bytes) else window
+    return masking.redact(text)[:length]
 
 
 def no_answer(exc: BaseException, cfg: PandaConnectionConfig) -> PandaTransportError:
@@ -94,8 +102,8 @@ def no_answer(exc: BaseException, cfg: PandaConnectionConfig) -> PandaTransportE
 
     refused = certificate_error(exc, cfg)
     if refused is not None:
-        return PandaCertificateError(redact(str(refused), cfg))
-    return PandaTransportError(redact(f"{type(exc).__name__}: {exc}", cfg))
+        return PandaCertificateError(masking.redact(str(refused)))
+    return PandaTransportError(masking.redact(f"{type(exc).__name__}: {exc}"))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -117,7 +125,8 @@ def retrying_kwargs(cfg: PandaConnectionConfig, log: logging.Logger, what: str) 
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("PanDA %s failed (%s); attempt %d of %d", what, exc, state.attempt_number, cfg.max_retries + 1)
+        log.warning("PanDA %s failed (%s); attempt %d of %d", what, masking.redact(str(exc)), state.attempt_number,
+                    cfg.max_retries + 1)
 
     return {
         "retry": tenacity.retry_if_exception(is_transient),

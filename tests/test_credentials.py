@@ -93,6 +93,31 @@ def test_a_renewed_proxy_is_used_by_the_next_request(tls_server, monkeypatch, tm
     assert asyncio.run(scenario()) == ["alice analyst", "alice analyst", "bob other", "bob other"]
 
 
+
+def _key_lines(proxy: str) -> list[str]:
+    text = open(proxy).read()
+    return text[text.index("-----BEGIN PRIVATE KEY-----"):].splitlines()[1:-1]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_version_of_the_proxy_has_its_key_redacted(tls_server, monkeypatch, tmp_path, path):
+    """The proxy's key is registered with the redaction (and Airflow's masker) by the first request
+    that uses it, in both paths; a renewed proxy's new key by the first request after the renewal."""
+    from airflow_provider_panda import masking
+
+    proxy = tls_server.x509_proxy(str(tmp_path / "proxy"), "user")
+    conn_id = install(monkeypatch, "panda_keyed", tls_server, ca_path=tls_server.tls[0], x509_proxy=proxy)
+    first = _key_lines(proxy)
+    assert not any(masking.known(line) for line in first)
+    PATHS[path](conn_id)
+    assert all(masking.known(line) for line in first if len(line) >= masking.MIN_LENGTH)
+    tls_server.x509_proxy(proxy, "other")  # renewed: a new key
+    renewed = _key_lines(proxy)
+    assert renewed != first and not any(masking.known(line) for line in renewed)
+    PATHS[path](conn_id)
+    assert all(masking.known(line) for line in renewed if len(line) >= masking.MIN_LENGTH)
+    assert masking.redact("\n".join(renewed + first)).split() == ["***"] * len(renewed + first)
+
 @pytest.mark.parametrize("path", PATHS)
 def test_an_expired_proxy_fails_naming_the_file_and_its_expiry(tls_server, monkeypatch, tmp_path, path):
     proxy = tls_server.x509_proxy(str(tmp_path / "proxy"), "user", lifetime=-60)
