@@ -218,7 +218,7 @@ class _PandaTaskWaiter(_PandaOperator):
         (``stale``) or one sent upstream in this DAG run (marks.py)."""
         stale = StaleMark.newest(stale, upstream_mark(self, context, task_id, self.after_command))
         if self.deferrable:
-            from airflow_provider_panda.triggers.task import PandaTaskTrigger
+            from airflow_provider_panda.triggers.task import PandaTaskTrigger, event_hold
 
             self.defer(
                 trigger=PandaTaskTrigger(
@@ -226,6 +226,7 @@ class _PandaTaskWaiter(_PandaOperator):
                     success_statuses=spec.success, failure_statuses=spec.failure, end_time=end_time,
                     cancel_on_kill=self.cancel_on_kill, stale_status=stale.to_dict() if stale else None,
                     carry={"end_time": end_time, **resume}, not_found_grace=self.not_found_grace,
+                    not_before=time.time() + event_hold(),
                 ),
                 method_name="execute_complete",
                 kwargs={"end_time": end_time, **resume},

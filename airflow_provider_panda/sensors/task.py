@@ -152,7 +152,7 @@ class TaskStatusSensor(BaseSensorOperator):
             return super().execute(context)
         if self.poke(context):
             return None
-        from airflow_provider_panda.triggers.task import PandaTaskTrigger
+        from airflow_provider_panda.triggers.task import PandaTaskTrigger, event_hold
 
         task_id = as_task_id(self.jedi_task_id)
         stale = self._watch.stale if self._watch is not None else None
@@ -161,7 +161,8 @@ class TaskStatusSensor(BaseSensorOperator):
                                      poll_interval=self.poke_interval, success_statuses=self.spec.success,
                                      failure_statuses=self.spec.failure, end_time=time.time() + self.timeout,
                                      cancel_on_kill=False, not_found_grace=self.not_found_grace,
-                                     stale_status=stale.to_dict() if stale is not None else None),
+                                     stale_status=stale.to_dict() if stale is not None else None,
+                                     not_before=time.time() + event_hold()),
             method_name="execute_complete",
         )
 

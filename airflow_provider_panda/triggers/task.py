@@ -74,6 +74,10 @@ class PandaTaskTrigger(BaseTrigger):
         interval for all waits, see :mod:`.poller`); False polls this task on its own.
     :param not_found_grace: how long the task may stay invisible (only DEFT knows it) before the
         wait ends with an error.
+    :param not_before: epoch seconds before which no event is fired (the reading goes on; the
+        event waits): the operators set it :func:`event_hold` seconds after deferral, so a task that
+        ends at once does not meet Airflow's race between the deferring worker's late "success"
+        and the resumed try (Airflow issues #67287, #71580).
     """
 
     def __init__(
@@ -89,8 +93,10 @@ class PandaTaskTrigger(BaseTrigger):
         carry: dict[str, Any] | None = None,
         shared_poller: bool = True,
         not_found_grace: float = NOT_FOUND_GRACE,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
+        self.not_before = not_before
         self.jedi_task_id = int(jedi_task_id)
         self.panda_conn_id = panda_conn_id
         self.poll_interval = float(poll_interval)
@@ -118,6 +124,7 @@ class PandaTaskTrigger(BaseTrigger):
                 "carry": self.carry,
                 "shared_poller": self.shared_poller,
                 "not_found_grace": self.not_found_grace,
+                "not_before": self.not_before,
             },
         )
 
@@ -130,14 +137,20 @@ class PandaTaskTrigger(BaseTrigger):
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        event = await self._outcome()
+        if self.not_before is not None and self.not_before > time.time():
+            await asyncio.sleep(self.not_before - time.time())
+        yield event
+
+    async def _outcome(self) -> TriggerEvent:
+        """The event that ends the wait (read to a verdict, a timeout or an error)."""
         spec = WaitSpec.build(self.success_statuses, self.failure_statuses)
         watch = TaskWatch(self.jedi_task_id, spec, self.log, stale=StaleMark.load(self.stale_status),
                           not_found_grace=self.not_found_grace)
         try:
             source = await (_SharedSource.open(self) if self.shared_poller else _OwnSource.open(self))
         except PandaError as exc:
-            yield self._event(ERROR, None, str(exc), exc)
-            return
+            return self._event(ERROR, None, str(exc), exc)
         try:
             # A wait resumed at or past its deadline (the triggerer was down) still takes one reading:
             # its own read of this task, bounded by the client's timeouts, not by the deadline or by
@@ -147,13 +160,11 @@ class PandaTaskTrigger(BaseTrigger):
                     verdict = await take_reading_async(watch, _OwnSource(self, source.client))
                 except PandaError as exc:
                     if not is_transient(exc):
-                        yield self._event(ERROR, watch.last_status, str(exc), exc)
-                        return
+                        return self._event(ERROR, watch.last_status, str(exc), exc)
                     self.log.warning("PanDA task %s: status read failed (%s)", self.jedi_task_id, exc)
                     verdict = None
                 if verdict is not None or self._time_left() == 0:
-                    yield self._verdict_event(verdict or TIMEOUT, watch)
-                    return
+                    return self._verdict_event(verdict or TIMEOUT, watch)
             while True:
                 verdict = None
                 try:
@@ -161,14 +172,12 @@ class PandaTaskTrigger(BaseTrigger):
                     verdict = await self._before_deadline(take_reading_async(watch, source))
                 except PandaError as exc:
                     if not is_transient(exc):
-                        yield self._event(ERROR, watch.last_status, str(exc), exc)
-                        return
+                        return self._event(ERROR, watch.last_status, str(exc), exc)
                     self.log.warning("PanDA task %s: status read failed (%s); still waiting", self.jedi_task_id, exc)
                 if verdict is None and self._time_left() == 0:
                     verdict = TIMEOUT
                 if verdict is not None:
-                    yield self._verdict_event(verdict, watch)
-                    return
+                    return self._verdict_event(verdict, watch)
                 await source.pause(self._time_left())
         finally:
             await source.close()
@@ -232,6 +241,21 @@ class PandaTaskTrigger(BaseTrigger):
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
+
+
+#: Seconds after deferral before a trigger fires its event (``[panda] trigger_event_hold``): past
+#: the deferring worker's exit and the scheduler's reading of its "success" (at most ~7 s measured
+#: on 2 busy cores), so Airflow's scheduler does not fail the resumed try ("finished with state
+#: success, but the task instance's state attribute is queued"; Airflow #67287, fixed after 3.3.2,
+#: and #71580 for a running resumed try). PanDA tasks take minutes: only instant ends wait for it.
+EVENT_HOLD = 15.0
+
+
+def event_hold() -> float:
+    """The hold after deferral (configurable for development against a fast local server)."""
+    from airflow_provider_panda.compat import conf
+
+    return max(0.0, conf.getfloat("panda", "trigger_event_hold", fallback=EVENT_HOLD))
 
 
 def on_kill_timeout() -> float:
