@@ -303,16 +303,12 @@ class TaskSource:
             return None
 
 
-def _answer_details(request: str, read: Any) -> Any:
-    """Run one details read for a step: not found is None; a progress read never fails the step."""
-    try:
-        return read()
-    except PandaNotFoundError:
+def _failed_details(request: str, exc: PandaError) -> None:
+    """A details read that failed: "not found" is an answer (None); so is any failure of a progress
+    read (it only leaves the progress line out); any other failure is the step's."""
+    if isinstance(exc, PandaNotFoundError) or request == PROGRESS:
         return None
-    except PandaError:
-        if request == PROGRESS:
-            return None
-        raise
+    raise exc
 
 
 def take_reading(watch: TaskWatch, source: Any) -> str | None:
@@ -324,10 +320,12 @@ def take_reading(watch: TaskWatch, source: Any) -> str | None:
             request = step.send(answer)
         except StopIteration as done:
             return done.value
-        if request == STATUS:
-            answer = source.read()
-        else:
-            answer = _answer_details(request, lambda: source.client.get_task_info(watch.task_id))
+        try:
+            answer = source.read() if request == STATUS else source.client.get_task_info(watch.task_id)
+        except PandaError as exc:
+            if request == STATUS:
+                raise
+            answer = _failed_details(request, exc)
 
 
 async def take_reading_async(watch: TaskWatch, source: Any) -> str | None:
@@ -338,17 +336,12 @@ async def take_reading_async(watch: TaskWatch, source: Any) -> str | None:
             request = step.send(answer)
         except StopIteration as done:
             return done.value
-        if request == STATUS:
-            answer = await source.read()
-        else:
-            try:
-                answer = await source.client.get_task_info(watch.task_id)
-            except PandaNotFoundError:
-                answer = None
-            except PandaError:
-                if request != PROGRESS:
-                    raise
-                answer = None
+        try:
+            answer = await (source.read() if request == STATUS else source.client.get_task_info(watch.task_id))
+        except PandaError as exc:
+            if request == STATUS:
+                raise
+            answer = _failed_details(request, exc)
 
 
 def wait_until(watch: TaskWatch, source: Any, poll_interval: float, end_time: float | None = None,

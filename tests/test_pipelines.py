@@ -224,3 +224,39 @@ def test_the_example_recovery_pipeline_holds_while_the_recovery_is_queued(panda_
     assert run.states == {"submit": "success", "recover": "success", "wait_again": "success"}
     [task] = [t for t in sim.tasks.values() if t.name == params["taskName"]]
     assert (task.recoveries, task.status) == (1, "done")
+
+
+def test_a_mapped_pipeline_composed_from_the_readme(panda_server):
+    """Beyond the examples, as a user composes it: three tasks submitted mapped without waiting, a
+    mapped deferred sensor (one fails on ``failed``, one on ``finished``), a mapped retry of every
+    one (a done one has nothing to retry), a mapped wait again, and one consumer of every wait's
+    outputs. The retried tasks' waits look past their old statuses; nothing is registered."""
+    tags = ["ok", "flaky", "lost"]
+    run = run_dag("""
+        from airflow_provider_panda.tasks import PrunTask
+
+        def task(tag):
+            return PrunTask(exec="echo hi", out_ds="user.alice.compose." + tag + ".{{ ts_nodash }}",
+                            outputs=["out.txt"], n_jobs=2, vo="atlas", site="TEST_SITE", max_attempt=1)
+
+        gen = SubmitTaskOperator.partial(task_id="gen", wait_for_completion=False).expand(task=[task(t) for t in $tags])
+        wait = TaskStatusSensor.partial(task_id="wait", deferrable=True, poke_interval=0.2).expand(
+            jedi_task_id=gen.output)
+        retry = RetryTaskOperator.partial(task_id="retry", trigger_rule="all_done").expand(jedi_task_id=gen.output)
+        again = TaskStatusSensor.partial(task_id="again", poke_interval=0.2).expand(jedi_task_id=gen.output)
+        merge = SubmitTaskOperator(task_id="merge", poll_interval=0.2, task=PrunTask(
+            exec="merge.sh %IN", in_ds="{{ ti | panda_outputs('again') }}", outputs=["all.txt"],
+            out_ds="user.alice.compose.merged.{{ ts_nodash }}", vo="atlas", site="TEST_SITE"))
+        wait >> retry >> again >> merge
+    """, tags=repr(tags))
+    assert run.states == {
+        "gen[0]": "success", "gen[1]": "success", "gen[2]": "success",
+        "wait[0]": "success", "wait[1]": "failed", "wait[2]": "failed",
+        "retry[0]": "success", "retry[1]": "success", "retry[2]": "success",
+        "again[0]": "success", "again[1]": "success", "again[2]": "success", "merge": "success"}
+    tasks = {tag: next(t for t in panda_server.sim.tasks.values() if f".compose.{tag}." in t.name) for tag in tags}
+    assert {tag: (t.attempt, t.status) for tag, t in tasks.items()} == {
+        "ok": (0, "done"), "flaky": (1, "done"), "lost": (1, "done")}
+    [merged] = [t for t in panda_server.sim.tasks.values() if ".compose.merged." in t.name]
+    inputs = merged.params["dsForIN"].split(",")
+    assert [i.split(":")[-1].split(".")[3] for i in inputs] == tags, inputs

@@ -702,7 +702,7 @@ class RetryTaskOperator(_PandaTaskWaiter):
             if self.spec.classify(status) != SUCCESS:
                 raise
             self.log.info("PanDA task %s is already %s: nothing to retry", task_id, status)
-            return task_id
+            return self._conclude(context, task_id, SUCCESS, status)
         self._sent(context, task_id, stale)
         if not self.wait_for_completion:
             return task_id

@@ -145,7 +145,17 @@ class TaskStatusSensor(BaseSensorOperator):
         if verdict == ERROR:
             raise PandaNotFoundError(f"PanDA task {task_id} is not known to the server "
                                      f"(waited {self.not_found_grace:.0f} s for it to appear)")
+        if verdict == SUCCESS:
+            self._reached(context, task_id, watch.last_status)
         return verdict == SUCCESS
+
+    def _reached(self, context: Context, task_id: int, status: str | None) -> None:
+        """A successful wait: what the task produced goes to XCom ``output_datasets`` (and asset
+        events through the outlets), as after an operator's wait, for the tasks downstream."""
+        from airflow_provider_panda.assets import publish_outputs
+
+        self.log.info("PanDA task %s reached %s", task_id, status)
+        publish_outputs(self, context, task_id, status)
 
     def execute(self, context: Context) -> Any:
         if not self.deferrable:
@@ -173,7 +183,7 @@ class TaskStatusSensor(BaseSensorOperator):
         task_id, status = int(event["jedi_task_id"]), event.get("task_status")
         self._jedi_task_id = task_id
         if event["status"] == SUCCESS:
-            self.log.info("PanDA task %s reached %s", task_id, status)
+            self._reached(context, task_id, status)
             return
         if event["status"] == TIMEOUT:
             try:
