@@ -62,7 +62,7 @@ test-browser: $(STAMP) browser-deps
 test-real: $(STAMP)
 	@start=$$(date +%s); \
 	$(PY) -m integration.real_panda.harness up && \
-	REAL_PANDA=1 REAL_PANDA_KEEP=1 $(PY) -m pytest -q -n 2 tests/test_contract.py tests/test_real_flows.py tests/test_real_builder.py tests/test_real_ownership.py tests/test_real_waits.py tests/test_outputs.py -k real; \
+	REAL_PANDA=1 REAL_PANDA_KEEP=1 $(PY) -m pytest -q -n 2 tests/test_contract.py tests/test_real_flows.py tests/test_real_builder.py tests/test_real_ownership.py tests/test_real_waits.py tests/test_real_pipelines.py tests/test_outputs.py -k real; \
 	status=$$?; $(PY) -m integration.real_panda.harness down; \
 	echo "real-server tier took $$(( $$(date +%s) - start )) s"; exit $$status
 
