@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from datetime import datetime
 
@@ -131,3 +132,49 @@ async def _first_event(trigger):
     async for event in trigger.run():
         return event.payload
     raise AssertionError("no event")
+
+
+def _one_term(task, term: str) -> None:
+    """Change the one stamp ``term`` of the task (and nothing else the stale rule reads)."""
+    from datetime import timedelta
+
+    if term == "attempt":
+        task.attempt += 1
+    elif term == "state change":
+        task.state_changed = (task.state_changed or task.created) + timedelta(seconds=1)
+    else:
+        task.error_dialog = "no retry since no new/unprocessed files available"
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+@pytest.mark.parametrize("term", ["attempt", "state change", "dialog"])
+def test_a_retry_outcome_told_by_one_term_alone_ends_the_wait(panda_server, hook, term, deferrable):
+    """End to end, each term of the stale rule alone: the retry is held (JEDI has not acted) while
+    the wait reads the old ``failed`` three times; then the server shows ``done`` with only one of
+    attemptNr, stateChangeTime, errorDialog changed. The wait must take that for the outcome and
+    succeed. A rule without that term holds ``done`` as the old status (any status that would end
+    the wait counts as old while the stamps are the mark's) until the 600 s grace: the operator's
+    30 s timeout fails the run first. A loaded machine only makes the reads slower; the server does
+    not move on until they happened."""
+    sim, panda = panda_server.sim, panda_server.panda
+    task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed"], "oneterm"))
+    wait_status(hook, task_id, {"failed"})
+    task = sim.tasks[task_id]
+    sim.hold_after.add("retry")
+
+    def server() -> None:
+        wait_for(lambda: sim.clock.frozen, 60)  # the retry is accepted and held
+        reads = panda.requests["task/get_detailed_info"]
+        wait_for(lambda: panda.requests["task/get_detailed_info"] >= reads + 3, 60)  # the old failed, 3 times
+        with sim.lock:
+            task.status = "done"
+            task.modified = sim.clock.wall()  # in the shared poller's change feed; stateChangeTime untouched
+            _one_term(task, term)
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    run = run_dag(f"RetryTaskOperator(task_id='retry', jedi_task_id={task_id}, wait_for_completion=True, "
+                  f"poll_interval=0.05, timeout=30, not_found_grace=600, deferrable={deferrable})")
+    thread.join(10)
+    assert task.status == "done", "the wait ended before the server moved on"
+    assert run.states == {"retry": "success"}
