@@ -77,7 +77,10 @@ def test_a_name_held_by_another_task_fails_before_anything_changes(panda_server,
         hook.kill_task(other)
     wait_status(hook, other, {status}, timeout=20)
     before = panda_server.panda.requests["task/submit"]
-    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, retries=2, {FAST})",
+    # bounded: with the ownership check broken, each try would wait on the other task (running,
+    # aborted) without end; this way it fails within a minute, on the asserts below
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, retries=2, "
+                  f"retry_delay=timedelta(0), timeout=20, {FAST})",
                   params=repr({k: v for k, v in params.items() if k != "airflowTaskInstance"}))
     assert run.states == {"submit": "failed"}
     [task] = named(panda_server, params["taskName"])
@@ -294,3 +297,22 @@ def test_a_duplicate_answer_to_a_resend_is_checked_for_ownership(panda_server, h
     [task] = named(panda_server, params["taskName"])
     assert task.task_id == other and task.attempt == 0
     assert f"is already held by PanDA task {other}" in "".join(capfd.readouterr())
+
+
+def test_a_duplicate_answer_to_a_first_submission_is_checked_for_ownership(panda_server, hook, capfd):
+    """Another submitter's task JEDI has not refined yet (listed under a random name, owner
+    ``tobeset``) holds the name: the lookup misses it, and PanDA answers the first submission
+    "duplicate" with that task's id. It is not this instance's task: if_exists='fail' fails the run
+    (taken as its own, the run would succeed at once: wait_for_completion=False), nothing is
+    commanded, and the task is never recorded as this instance's."""
+    params = params_with_outcomes(panda_server, ["hang"], "firstdup")
+    other = hook.submit_task(params)
+    wait_status(hook, other, {"running"})
+    panda_server.sim.registered(other, reads=3)  # the lookup by name (and the next reads) miss it
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, wait_for_completion=False, {FAST})",
+                  params=repr(params))
+    assert run.states == {"submit": "failed"} and run.tries("submit") == 1
+    assert run.xcom("submit", "jedi_task_id") is None and run.xcom("submit") is None  # never taken as its own
+    [task] = named(panda_server, params["taskName"])
+    assert task.task_id == other and task.attempt == 0 and task.status == "running"  # untouched
+    assert f"is already held by PanDA task {other} (running)" in "".join(capfd.readouterr())
