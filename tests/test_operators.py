@@ -360,7 +360,9 @@ def test_sensor_not_found_grace_expires_in_every_mode(panda_server, capfd, mode)
     """A task that never appears fails the sensor after the grace, also when every poke is a new
     process (reschedule) and in the triggerer: the grace is not restarted at each poke."""
     args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
-    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id=987654321, poke_interval=0.3, timeout=300, "
+    # timeout bounded: a grace restarted at each poke never expires, and the sensor's own timeout (a
+    # different error) must end that run fast
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id=987654321, poke_interval=0.3, timeout=30, "
                   f"not_found_grace=2, {args})")
     assert run.states == {"wait": "failed"}
     assert "is not known to the server" in "".join(capfd.readouterr())
@@ -415,3 +417,152 @@ def test_waits_survive_an_outage(panda_server, conn_env, hook, capfd, mode):
     assert run.states == {"wait": "success"}
     assert not [f for f in panda_server.panda.faults if f.endswith("@task/get_status")]  # the outage was served
     assert "HTTP 503" in "".join(capfd.readouterr())
+
+
+# --- killing a running task instance: the id execute recorded, cancel_on_kill through the deferral ----
+
+
+def _running_task(server, name: str, reads: int = 2):
+    """The task named ``name`` once it runs and its waiter has read it ``reads`` more times (so the
+    operator has submitted it, recorded its id and is waiting on it)."""
+    from conftest import wait_for
+
+    task = wait_for(lambda: next((t for t in list(server.sim.tasks.values())
+                                  if t.name == name and t.status == "running"), None), 60)
+    start = task.reads
+    wait_for(lambda: task.reads >= start + reads, 60)
+    return task
+
+
+def _in_thread(script):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            script()
+        except BaseException as exc:  # reported by the test after the run
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(180, method="thread")
+@pytest.mark.parametrize("cancel_on_kill", [True, False])
+def test_sigterm_during_the_wait_kills_the_task_execute_submitted(panda_server, hook, cancel_on_kill):
+    """Airflow's task runner answers SIGTERM (a task marked failed or success, cleared, or killed
+    while it runs) with the operator's ``on_kill``; here the real signal reaches the real handler
+    while the operator waits. The id it kills is the one ``execute`` recorded when it submitted,
+    nothing set by hand: with ``cancel_on_kill`` the task is aborted (and the wait ends on it), without
+    it the task runs on (then the test lets it finish). Bounded: the operator gives up after 30 s."""
+    import os
+    import signal
+
+    from conftest import wait_for
+
+    params = params_with_outcomes(panda_server, ["hang"], "sigterm")
+    pid = os.getpid()
+
+    def kill_the_try() -> None:
+        task = _running_task(panda_server, params["taskName"])
+        handler = signal.getsignal(signal.SIGTERM)
+        if getattr(handler, "__module__", "") != "airflow.sdk.execution_time.task_runner":
+            raise AssertionError(f"Airflow's SIGTERM handler is not installed ({handler!r}): no signal sent")
+        os.kill(pid, signal.SIGTERM)
+        if not cancel_on_kill:  # on_kill ran and left it; it still runs reads later, then let it end
+            start = task.reads
+            wait_for(lambda: task.reads >= start + 3, 60)
+            assert task.status == "running"
+            panda_server.sim.force(task.task_id, status="done")
+
+    thread = _in_thread(kill_the_try)
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=30, "
+                  f"cancel_on_kill={cancel_on_kill}, {FAST})", params=repr(params))
+    thread.join(60)
+    assert not thread.errors, thread.errors
+    [task] = tasks_named(panda_server, params["taskName"])
+    if cancel_on_kill:
+        assert task.status in ("toabort", "aborted"), task.status  # killed, not timed out
+        assert run.states == {"submit": "failed"}
+    else:
+        assert (task.status, run.states) == ("done", {"submit": "success"})
+
+
+def _deferred_trigger(task_id: int):
+    """The trigger a deferred task instance waits with, as the triggerer loads it: its row in
+    Airflow's ``trigger`` table (classpath and encrypted kwargs)."""
+    from airflow.models.trigger import Trigger
+    from airflow.sdk.module_loading import import_string
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for row in session.query(Trigger).all():
+            if row.classpath.endswith("PandaTaskTrigger") and int(row.kwargs["jedi_task_id"]) == task_id:
+                return import_string(row.classpath)(**row.kwargs)
+    return None
+
+
+async def _kill_through_the_triggerer(trigger, task) -> None:
+    """Run ``trigger`` in Airflow's own TriggerRunner and cancel it as a user action does (mark,
+    clear), once it has read the task: Airflow >= 3.3 then calls the trigger's ``on_kill``."""
+    import asyncio
+    import contextlib
+
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+
+    runner = TriggerRunner()
+    runner.triggers[1] = {"task": asyncio.create_task(runner.run_trigger(1, trigger)), "name": "panda-wait",
+                          "events": 0, "is_watcher": False}
+    from airflow_provider_panda.triggers.poller import _REGISTRY
+
+    loop = id(asyncio.get_running_loop())
+    while not any(key[0] == loop and task.task_id in poller.readings for key, poller in list(_REGISTRY.items())):
+        assert not runner.triggers[1]["task"].done(), "the trigger ended before it was killed"
+        await asyncio.sleep(0.02)  # until this trigger has read the task (its poller, on this loop)
+    runner.to_cancel.append(1)
+    await runner.cancel_triggers()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner.triggers[1]["task"]
+
+
+@pytest.mark.skipif(tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) < (3, 3),
+                    reason="Airflow calls a trigger's on_kill from 3.3 on")
+@pytest.mark.timeout(180, method="thread")
+@pytest.mark.parametrize("cancel_on_kill", [True, False])
+def test_a_deferred_operator_kills_its_task_only_with_cancel_on_kill(panda_server, hook, cancel_on_kill):
+    """The deferred wait: the operator defers (a real DAG run), the trigger it deferred with is
+    loaded from Airflow's trigger table as the triggerer loads it, run in Airflow's TriggerRunner and
+    cancelled by a user action, which calls its ``on_kill``. With ``cancel_on_kill=True`` the PanDA
+    task is aborted (and the run's own wait ends on it); with False it runs on (then the test lets it
+    finish). Bounded: the operator gives up after 30 s."""
+    import asyncio
+
+    from conftest import wait_for
+
+    params = params_with_outcomes(panda_server, ["hang"], "defkill")
+
+    def kill_the_deferred_wait() -> None:
+        task = _running_task(panda_server, params["taskName"])
+        trigger = wait_for(lambda: _deferred_trigger(task.task_id), 60)
+        asyncio.run(_kill_through_the_triggerer(trigger, task))
+        if not cancel_on_kill:  # on_kill ran and left it; it still runs reads later, then let it end
+            start = task.reads
+            wait_for(lambda: task.reads >= start + 3, 60)
+            assert task.status == "running"
+            panda_server.sim.force(task.task_id, status="done")
+
+    thread = _in_thread(kill_the_deferred_wait)
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=30, deferrable=True, "
+                  f"cancel_on_kill={cancel_on_kill}, {FAST})", params=repr(params))
+    thread.join(60)
+    assert not thread.errors, thread.errors
+    [task] = tasks_named(panda_server, params["taskName"])
+    if cancel_on_kill:
+        assert task.status in ("toabort", "aborted"), task.status  # killed by the trigger's on_kill
+        assert run.states == {"submit": "failed"}
+    else:
+        assert (task.status, run.states) == ("done", {"submit": "success"})
