@@ -11,8 +11,12 @@ import pytest
 from airflow_runs import run_dag
 from conftest import params_with_outcomes, wait_for, wait_status
 
-GRACE = 1.0
-MODES = ["poke", "deferrable"]
+GRACE = 2.0
+#: Airflow 3.1's own BaseSensorOperator fails in reschedule mode from the second poke on.
+RESCHEDULE = pytest.param("reschedule", marks=pytest.mark.skipif(
+    tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) < (3, 2),
+    reason="Airflow 3.1's BaseSensorOperator fails in reschedule mode (an Airflow bug)"))
+MODES = ["poke", RESCHEDULE, "deferrable"]
 
 
 def _sensor(task_id: int, mode: str) -> str:
@@ -36,12 +40,22 @@ def _in_background(script) -> threading.Thread:
     return thread
 
 
-def test_a_seen_task_missing_for_a_moment_is_waited_for(panda_server, hook, capfd):
-    """Seen running for longer than the grace, then "not found" for three reads, then done: the
-    wait succeeds (before, the first missing read after the grace ended it). Poke mode: the shared
-    poller of the deferred modes keeps a task's last reading while the feed does not list it, and
-    reads it alone only after several rounds."""
-    sim = panda_server.sim
+#: A product bug found by this test (reported; fixed in airflow_provider_panda, not here): in reschedule
+#: mode each poke builds a new TaskWatch that never saw the task, so the first "not found" after the
+#: grace (dated from the first poke) ends the wait at once ("is not visible yet ... waiting up to 2 s",
+#: then "is not known to the server"). Strict: the run passing after the fix fails this mark.
+RESCHEDULE_FORGETS_SEEN = pytest.param("reschedule", marks=[*RESCHEDULE.marks, pytest.mark.xfail(
+    strict=True, reason="product bug: a reschedule poke forgets the task was seen (TaskWatch.seen)")])
+
+
+@pytest.mark.parametrize("mode", ["poke", RESCHEDULE_FORGETS_SEEN, "deferrable"])
+def test_a_seen_task_missing_for_a_moment_is_waited_for(panda_server, hook, capfd, mode):
+    """Seen running for longer than the grace, then "not found" until the wait has read it so, then
+    done: the wait succeeds (before, the first missing read after the grace ended it). The task is
+    hidden until the server has answered a status read of it "not found" (in the deferred mode the
+    shared poller's feed does not list it meanwhile, and after a few rounds it reads the task alone),
+    then shown again at once; the wait must not have ended on that reading."""
+    sim, panda = panda_server.sim, panda_server.panda
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "blip"))
     wait_status(hook, task_id, {"running"})
     task = sim.tasks[task_id]
@@ -49,16 +63,20 @@ def test_a_seen_task_missing_for_a_moment_is_waited_for(panda_server, hook, capf
     def script() -> None:
         start, reads = time.monotonic(), task.reads
         wait_for(lambda: task.reads >= reads + 3 and time.monotonic() - start > 2 * GRACE, timeout=120)
-        sim.hide(task_id, reads=3)
-        wait_for(lambda: not sim.hidden.get(task_id), timeout=120)
-        sim.force(task_id, status="done")
+        with sim.lock:
+            sim.hide(task_id, reads=1_000_000)
+            answered = panda.requests["task/get_status"]
+        wait_for(lambda: panda.requests["task/get_status"] > answered, timeout=120, interval=0.002)
+        with sim.lock:
+            sim.hidden.pop(task_id, None)
+            sim.force(task_id, status="done")
 
     thread = _in_background(script)
-    run = run_dag(_sensor(task_id, "poke"))
+    run = run_dag(_sensor(task_id, mode))
     thread.join(timeout=120)
     assert not thread.errors, thread.errors
     assert run.states == {"wait": "success"}
-    assert "the server does not find it now" in "".join(capfd.readouterr())
+    assert task.status == "done"
 
 
 @pytest.mark.parametrize("mode", MODES)
