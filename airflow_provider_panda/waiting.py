@@ -184,6 +184,9 @@ class TaskWatch:
     info: dict[str, Any] | None = None
     #: The last transient read error of :func:`wait_until` (None once a read went through).
     error: PandaError | None = None
+    #: A command's mark was superseded: a status that would end the wait is still confirmed by the
+    #: details (a cached status, e.g. the shared poller's, may be from before the command).
+    confirm: bool = False
 
     def __post_init__(self) -> None:
         self.stale = StaleMark.load(self.stale)
@@ -200,7 +203,8 @@ class TaskWatch:
         a command, ``registered`` (refined yet?)."""
         if self.until_refined and status == api.TASK_UNREFINED:
             return True
-        return self.stale is not None and self.stale.checkable and self.spec.classify(status) is not None
+        return ((self.confirm or (self.stale is not None and self.stale.checkable))
+                and self.spec.classify(status) is not None)
 
     def step(self) -> Generator[str, Any, str | None]:
         """One reading: yields what to read (:data:`STATUS`, :data:`DETAILS`, :data:`PROGRESS`) and
@@ -269,10 +273,11 @@ class TaskWatch:
         if info is not None and stale.superseded_by(info):
             if status == stale.status:
                 self.log.info("PanDA task %s: %s again (attempt %s)", self.task_id, status, info.get("attemptNr"))
-            self.stale = None
+            self.stale, self.confirm = None, stale.checkable
             return False
         if info is None and status != stale.status:
-            self.stale = None  # no details to compare: another status is the sign the command was taken
+            # no details to compare: another status is the sign the command was taken
+            self.stale, self.confirm = None, stale.checkable
             return False
         if self.spec.classify(status) is None:
             return False  # it does not end the wait anyway; keep the mark for the statuses that would

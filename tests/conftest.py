@@ -48,6 +48,7 @@ def _server_left_clean(request: pytest.FixtureRequest) -> Iterator[None]:
         server.sim.clock.freeze(False)
         server.sim.hidden.clear()
         server.sim.hold_after.clear()
+        server.sim.backdate_commands = None
         server.sim.scripted.clear()
         server.panda.faults.clear()
         server.panda.fault_rate = 0.0

@@ -28,6 +28,10 @@ import warnings
 import pytest
 from test_real_airflow import Cluster, query, wait_until
 
+#: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
+pytestmark = pytest.mark.timeout(900)
+
+
 N = 3
 
 DAG_FILE = textwrap.dedent('''

@@ -117,6 +117,47 @@ def test_retry_then_wait_again_looks_past_the_old_status(panda_server, hook, mod
     assert (task.attempt, task.status, task.params["ramCount"]) == (1, "done", 4000)
 
 
+@pytest.mark.parametrize("command", ["retry", "recover"])
+def test_a_deferred_wait_is_not_fooled_by_the_shared_pollers_old_status(panda_server, hook, command):
+    """JEDI writes the statuses a command leads to with a back-dated modificationTime, so the shared
+    poller's change feed stops listing the task and its cache keeps the pre-command status until a
+    sweep. The details a wait reads show the command taken (a new attempt); the next cached reading
+    is the old status again and must not end the wait: statuses that would end it stay confirmed by
+    the details. (Seen on the real server: ``failed -> rerefine -> failed`` ended a deferred wait.)"""
+    first = "failed" if command == "retry" else "finished"
+    task_id = hook.submit_task(params_with_outcomes(panda_server, [first, "hang"], "backdated"))
+    wait_status(hook, task_id, {first})
+    sim = panda_server.sim
+    sim.backdate_commands = 3600
+    send = ("RetryTaskOperator(task_id='send', jedi_task_id=$tid)" if command == "retry" else
+            "FileRecoveryOperator(task_id='send', jedi_task_id=$tid)")
+    done = threading.Event()
+
+    def end_after_rounds() -> None:
+        """Once the new attempt runs, the attempt ends done after 12 more rounds of the poller (two
+        sweeps among them, the other rounds answering from the cache: the old status)."""
+        requests = panda_server.panda.requests
+        while not done.is_set() and not (sim.tasks[task_id].attempt == 1 and sim.tasks[task_id].status == "running"):
+            time.sleep(0.02)
+        start = requests["task/get_tasks_modified_since"]
+        while not done.is_set() and requests["task/get_tasks_modified_since"] < start + 12:
+            time.sleep(0.02)
+        sim.force(task_id, "done", backdate=3600)
+
+    ender = threading.Thread(target=end_after_rounds, daemon=True)
+    ender.start()
+    try:
+        # let JEDI act once the trigger's poller has the old status in its cache (the sensor's first
+        # poke reads the details once, each trigger reading of the old status once more)
+        with held_after(panda_server, command, reads=3):
+            run = run_dag(f"{send} >> {sensor('wait_again', 'deferrable')}\n", tid=task_id)
+    finally:
+        done.set()
+        ender.join(10)
+    assert run.states == {"send": "success", "wait_again": "success"}
+    assert sim.tasks[task_id].status == "done"
+
+
 def test_recovery_operator_waits_for_the_recovered_task(panda_server, hook):
     """FileRecoveryOperator(wait_for_completion=True) waits past the old ``finished`` itself."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["finished", "done"], "recself"))

@@ -8,6 +8,10 @@ from __future__ import annotations
 import pytest
 from test_real_airflow import EXAMPLES, Cluster, query, wait_until
 
+#: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
+pytestmark = pytest.mark.timeout(900)
+
+
 #: DAG id -> (run conf, the states every task instance must end in).
 PIPELINES = {
     "panda_file_recovery": ({"tag": "lost"}, {"submit": "success", "lost_files": "success", "recover": "success",

@@ -161,6 +161,8 @@ class Task:
     parent: int | None = None
     #: How many times clients read it (status reads, listings): lets tests wait for a waiter's polls.
     reads: int = 0
+    #: A command is being carried out: statuses are written back-dated (see ``PandaSim.backdate_commands``).
+    after_command: bool = False
     #: Jobs kept as one block (tasks of 100,000 jobs): their ids, statuses derived from the task's.
     block: range = range(0)
 
@@ -198,6 +200,11 @@ class PandaSim:
         #: Control: commands ("kill", "finish", "retry", "recover") that freeze the clock as they are
         #: accepted, so JEDI "has not acted yet" until a test lets the clock go (``clock.freeze(False)``).
         self.hold_after: set[str] = set()
+        #: Control: seconds by which the statuses a command leads to (until the task ends again) are
+        #: written back-dated in ``modificationTime``, as JEDI's TaskCommando (``setOldModTime``: 1 h)
+        #: and ``updateTaskModTimeJEDI`` (1 day) do, so the tasks-modified-since feed does not list
+        #: them (a sweep does). None: written at the current time.
+        self.backdate_commands: float | None = None
         self._task_ids = itertools.count(first_task_id)
         self._job_ids = itertools.count(first_job_id)
         self._heap: list[tuple[float, int]] = []
@@ -253,6 +260,10 @@ class PandaSim:
             task.attempt += 1
         task.status = status
         task.modified = task.state_changed = self.clock.wall()
+        if task.after_command and self.backdate_commands:
+            task.modified -= timedelta(seconds=self.backdate_commands)
+        if status in api.TASK_STOPPED:
+            task.after_command = False
         if status == "broken":
             task.error_dialog = BROKEN_DIALOG
         if status == "ready":
@@ -372,6 +383,7 @@ class PandaSim:
     def _restart(self, task: Task, via: str, at_once: bool = False) -> None:
         """A new attempt. Commands act as JEDI's TaskCommando does: the task keeps its status (the
         old ``failed``, say) for one step, then goes ``via`` with attemptNr + 1, ready, running."""
+        task.after_command = True
         if at_once:
             task.attempt += 1
             self._set_status(task, via)
@@ -466,6 +478,7 @@ class PandaSim:
             # the server only queues kill and finish (PRODSYS_COMM); JEDI's TaskCommando acts later,
             # so the task keeps its status (``exhausted``, say) for one step, as after a retry
             self._hold(command)
+            task.after_command = True
             if command == "kill":
                 self._schedule(task, ["toabort", "aborted"])
             elif command == "finish":
