@@ -29,6 +29,10 @@ ON_KILL_TIMEOUT = 30
 #: Our kill ends this long (at most a fifth of the budget) before the triggerer gives up on it.
 ON_KILL_MARGIN = 5.0
 
+#: Seconds the one reading of a wait resumed past its deadline may take (one status read is
+#: milliseconds; a server failing every read must not delay the timeout by the retries' backoff).
+FIRST_READING = 10.0
+
 #: Attributes of a PanDA error that cross the trigger boundary with its type and message.
 _ERROR_ATTRIBUTES = ("status_code", "text", "server_message", "code", "task_id", "status", "action")
 
@@ -153,11 +157,12 @@ class PandaTaskTrigger(BaseTrigger):
             return self._event(ERROR, None, str(exc), exc)
         try:
             # A wait resumed at or past its deadline (the triggerer was down) still takes one reading:
-            # its own read of this task, bounded by the client's timeouts, not by the deadline or by
-            # the shared poller's next round (which may come later than that: a slow sweep).
+            # its own read of this task, within FIRST_READING seconds, not bounded by the deadline
+            # or by the shared poller's next round (which may come later than that: a slow sweep).
             if self._time_left() is not None and self._time_left() < self.poll_interval:
                 try:
-                    verdict = await take_reading_async(watch, _OwnSource(self, source.client))
+                    verdict = await self._within(take_reading_async(watch, _OwnSource(self, source.client)),
+                                                 max(self.poll_interval, FIRST_READING))
                 except PandaError as exc:
                     if not is_transient(exc):
                         return self._event(ERROR, watch.last_status, str(exc), exc)
@@ -200,7 +205,11 @@ class PandaTaskTrigger(BaseTrigger):
 
     async def _before_deadline(self, step: Awaitable[_T]) -> _T | None:
         """``step``'s result, or None if ``end_time`` came first."""
-        limit = self._time_left()
+        return await self._within(step, self._time_left())
+
+    @staticmethod
+    async def _within(step: Awaitable[_T], limit: float | None) -> _T | None:
+        """``step``'s result, or None after ``limit`` seconds (None: no limit)."""
         if limit is None:
             return await step
         try:
