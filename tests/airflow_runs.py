@@ -77,3 +77,40 @@ def run_dag(body: str, **fmt: Any) -> Run:
                                                                                                  ti.state))
               for ti in dag_run.get_task_instances()}
     return Run(dag_id, dag_run.run_id, str(getattr(dag_run.state, "value", dag_run.state)), states)
+
+
+#: For a DAG file run by a real scheduler: SubmitTaskOperator with the early-trigger race made certain
+#: (the deferring worker exits 3 s after deferral, the resumed try runs 8 s), and the same without the
+#: trigger's event hold (triggers.task.EVENT_HOLD), the control (tests/test_early_trigger.py).
+RACE_OPERATORS = '''
+import time
+
+from airflow.sdk import BaseOperatorLink
+
+from airflow_provider_panda.operators.task import SubmitTaskOperator
+
+
+class SlowExit(BaseOperatorLink):
+    """Resolved by finalize() after defer(): the deferring worker exits 3 s after deferral, so its
+    'success' reaches the scheduler seconds after the task was deferred."""
+
+    name = "slow exit"
+
+    def get_link(self, operator, *, ti_key):
+        time.sleep(3)
+        return "https://example.invalid/"
+
+
+class Submit(SubmitTaskOperator):
+    operator_extra_links = (*SubmitTaskOperator.operator_extra_links, SlowExit())
+
+    def execute_complete(self, context, event, **kwargs):
+        time.sleep(8)  # the resumed try is still running when the deferral's late 'success' lands
+        return super().execute_complete(context, event, **kwargs)
+
+
+class SubmitWithoutHold(Submit):
+    def defer(self, *, trigger, **kwargs):
+        trigger.not_before = None
+        super().defer(trigger=trigger, **kwargs)
+'''

@@ -26,6 +26,7 @@ import textwrap
 import warnings
 
 import pytest
+from airflow_runs import RACE_OPERATORS
 from test_real_airflow import Cluster, query, wait_until
 
 #: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
@@ -34,37 +35,8 @@ pytestmark = pytest.mark.timeout(900)
 
 N = 3
 
-DAG_FILE = textwrap.dedent('''
-    import time
-
-    from airflow.sdk import DAG, BaseOperatorLink
-
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
-
-
-    class SlowExit(BaseOperatorLink):
-        """Resolved by finalize() after defer(): the deferring worker exits 3 s after deferral, so its
-        'success' reaches the scheduler seconds after the task was deferred."""
-
-        name = "slow exit"
-
-        def get_link(self, operator, *, ti_key):
-            time.sleep(3)
-            return "https://example.invalid/"
-
-
-    class Submit(SubmitTaskOperator):
-        operator_extra_links = (*SubmitTaskOperator.operator_extra_links, SlowExit())
-
-        def execute_complete(self, context, event, **kwargs):
-            time.sleep(8)  # the resumed try is still running when the deferral's late 'success' lands
-            return super().execute_complete(context, event, **kwargs)
-
-
-    class SubmitWithoutHold(Submit):
-        def defer(self, *, trigger, **kwargs):
-            trigger.not_before = None
-            super().defer(trigger=trigger, **kwargs)
+DAG_FILE = RACE_OPERATORS + textwrap.dedent('''
+    from airflow.sdk import DAG
 
 
     def params(name):

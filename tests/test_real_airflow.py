@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from airflow_runs import RACE_OPERATORS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 #: Airflow >= 3.3 calls a trigger's on_kill when a user marks or clears a deferred task.
@@ -522,36 +523,9 @@ def test_a_second_triggerer_takes_the_waits_over(tmp_path, slow_server):
         cluster.stop()
 
 
-RACE_DAG = '''
-import time
+RACE_DAG = RACE_OPERATORS + '''
 from datetime import datetime
-from airflow.sdk import DAG, BaseOperatorLink
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-
-
-class SlowExit(BaseOperatorLink):
-    """Resolved by finalize() after defer(): the deferring worker exits 3 s after deferral, so its
-    'success' reaches the scheduler seconds after the task was deferred (tests/test_early_trigger.py)."""
-
-    name = "slow exit"
-
-    def get_link(self, operator, *, ti_key):
-        time.sleep(3)
-        return "https://example.invalid/"
-
-
-class Submit(SubmitTaskOperator):
-    operator_extra_links = (*SubmitTaskOperator.operator_extra_links, SlowExit())
-
-    def execute_complete(self, context, event, **kwargs):
-        time.sleep(8)  # the resumed try is still running when the deferral's late 'success' lands
-        return super().execute_complete(context, event, **kwargs)
-
-
-class SubmitWithoutHold(Submit):
-    def defer(self, *, trigger, **kwargs):
-        trigger.not_before = None
-        super().defer(trigger=trigger, **kwargs)
+from airflow.sdk import DAG
 
 
 def params(step):
