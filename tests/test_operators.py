@@ -472,11 +472,12 @@ def test_sigterm_during_the_wait_kills_the_task_execute_submitted(panda_server, 
         handler = signal.getsignal(signal.SIGTERM)
         if getattr(handler, "__module__", "") != "airflow.sdk.execution_time.task_runner":
             raise AssertionError(f"Airflow's SIGTERM handler is not installed ({handler!r}): no signal sent")
+        kills = panda_server.panda.requests["task/kill"]
         os.kill(pid, signal.SIGTERM)
-        if not cancel_on_kill:  # on_kill ran and left it; it still runs reads later, then let it end
+        if not cancel_on_kill:  # on_kill ran and left it: no kill sent, still running reads later; let it end
             start = task.reads
             wait_for(lambda: task.reads >= start + 3, 60)
-            assert task.status == "running"
+            assert (task.status, panda_server.panda.requests["task/kill"]) == ("running", kills)
             panda_server.sim.force(task.task_id, status="done")
 
     thread = _in_thread(kill_the_try)
@@ -548,11 +549,12 @@ def test_a_deferred_operator_kills_its_task_only_with_cancel_on_kill(panda_serve
     def kill_the_deferred_wait() -> None:
         task = _running_task(panda_server, params["taskName"])
         trigger = wait_for(lambda: _deferred_trigger(task.task_id), 60)
+        kills = panda_server.panda.requests["task/kill"]
         asyncio.run(_kill_through_the_triggerer(trigger, task))
-        if not cancel_on_kill:  # on_kill ran and left it; it still runs reads later, then let it end
+        if not cancel_on_kill:  # on_kill ran and left it: no kill sent, still running reads later; let it end
             start = task.reads
             wait_for(lambda: task.reads >= start + 3, 60)
-            assert task.status == "running"
+            assert (task.status, panda_server.panda.requests["task/kill"]) == ("running", kills)
             panda_server.sim.force(task.task_id, status="done")
 
     thread = _in_thread(kill_the_deferred_wait)
