@@ -61,7 +61,9 @@ def test_a_seen_task_missing_for_a_moment_is_waited_for(panda_server, hook, capf
     task = sim.tasks[task_id]
 
     def script() -> None:
-        start, reads = time.monotonic(), task.reads
+        reads = task.reads
+        wait_for(lambda: task.reads > reads, timeout=120)  # the wait's first reading: its clock runs from here
+        start = time.monotonic()
         wait_for(lambda: task.reads >= reads + 3 and time.monotonic() - start > 2 * GRACE, timeout=120)
         with sim.lock:
             sim.hide(task_id, reads=1_000_000)
