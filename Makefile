@@ -85,3 +85,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(OLD_VENV) .demo .real_panda test-artifacts
+
+## The mutation check: each promise-breaking change in scripts/mutants.py applied to a scratch copy,
+## the tests that must notice it run; prints caught / survived per change (all must be caught).
+.PHONY: mutants
+mutants: $(STAMP)
+	$(PY) scripts/mutants.py
