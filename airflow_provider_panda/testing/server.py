@@ -26,10 +26,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+try:  # the ``local-server`` extra, not installed with the provider alone
+    import jwt
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ModuleNotFoundError as exc:
+    raise ImportError(f"The local PanDA server needs {exc.name!r}: "
+                      "pip install 'airflow-provider-panda[local-server]'") from exc
 
 from airflow_provider_panda import api
 from airflow_provider_panda.testing import messages
@@ -70,8 +76,6 @@ class TokenIssuer:
         self.rotate = False  # hand out a new refresh token with each refresh (and retire the old one)
 
     def mint(self, user_key: str, user: User, lifetime: float | None = None) -> str:
-        import jwt
-
         now = int(time.time())
         claims = {
             "iss": self.issuer, "sub": user.preferred_username, "aud": "panda", "iat": now,
@@ -83,8 +87,6 @@ class TokenIssuer:
 
     def check(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; raises ValueError with the real server's wording otherwise."""
-        import jwt
-
         try:
             return jwt.decode(token, self.key, algorithms=["HS256"], audience="panda")
         except jwt.InvalidTokenError as exc:
@@ -757,8 +759,6 @@ class LocalPandaServer:
         return json.dumps(self.connection(user, **extra))
 
     def start(self) -> LocalPandaServer:
-        import uvicorn
-
         tls: dict[str, Any] = {"ssl_certfile": self.tls[0], "ssl_keyfile": self.tls[1]} if self.tls else {}
         if self.client_ca:
             import ssl
