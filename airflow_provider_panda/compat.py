@@ -1,16 +1,61 @@
-"""What differs between the Airflow releases this provider supports (3.1 and later), in one place."""
+"""Every Airflow name the provider cannot take from ``airflow.sdk`` (or another documented public
+module) in every release it supports (3.1.2 and later), in one place: each version shim and each
+unavoidable private import, with the release that lacks the public name. Other modules import these
+from here, never from ``airflow.exceptions``, ``airflow.utils``, ``airflow.configuration`` or
+``airflow.sdk.execution_time``/``definitions`` directly."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+# Not exported by airflow.sdk in any supported release (3.1 to 3.3), and no public equivalent:
+# - the sentinel Airflow's own @task decorators give an argument the callable fills in at run time
+#   (rendered as "DYNAMIC (set during execution)"), from a private module;
+from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
+
+# - merging op_kwargs into the context, as Airflow's decorators do;
+from airflow.sdk.definitions.context import context_merge
+
+# - the configured [core] xcom_backend class; airflow.sdk exports only BaseXCom, which would bypass a
+#   custom backend's deserialize_value (Airflow's standard provider reads its links through this one).
+from airflow.sdk.execution_time.xcom import XCom
+
+# Public in every supported release (airflow.sdk.log); here so masking.py takes it from one place.
+from airflow.sdk.log import mask_secret
+
 try:
     from airflow.sdk import conf
-except ImportError:  # Airflow < 3.2 has no conf in the task SDK
+except ImportError:  # Airflow 3.1 (task SDK 1.1) has no conf in airflow.sdk (added in 3.2)
     from airflow.configuration import conf  # type: ignore[no-redef]
 
-__all__ = ["aget_connection", "conf"]
+try:
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+except ImportError:  # Airflow 3.1 has them only in airflow.exceptions (the task SDK's since 3.2)
+    from airflow.exceptions import AirflowFailException, AirflowSensorTimeout  # type: ignore[no-redef]
+
+try:
+    from airflow.sdk.bases.decorator import determine_kwargs
+except ImportError:  # Airflow 3.1 keeps it in airflow.utils.operator_helpers (the task SDK's since 3.2)
+    from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef]
+
+try:
+    from airflow.sdk import NEVER_EXPIRE
+except ImportError:  # Airflow 3.1 and 3.2 have no task state store, hence no retention to give it
+    NEVER_EXPIRE = None
+
+__all__ = [
+    "NEVER_EXPIRE",
+    "SET_DURING_EXECUTION",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
+    "XCom",
+    "aget_connection",
+    "conf",
+    "context_merge",
+    "determine_kwargs",
+    "mask_secret",
+]
 
 
 async def aget_connection(conn_id: str) -> Any:
@@ -21,5 +66,5 @@ async def aget_connection(conn_id: str) -> Any:
 
     try:
         return await BaseHook.aget_connection(conn_id)
-    except ImportError:
+    except ImportError:  # Airflow 3.1 only (see above); 3.2+ reads the backends first
         return await asyncio.to_thread(BaseHook.get_connection, conn_id)

@@ -19,8 +19,6 @@ class PandaTaskLink(BaseOperatorLink):
         # before submitting), there is no XCom to ask for, and asking would log "XCom not found".
         if getattr(operator, "_jedi_task_id", "unknown") is None:
             return ""
-        try:
-            from airflow.sdk.execution_time.xcom import XCom
-        except ImportError:  # pragma: no cover - Airflow < 3.0 layout
-            from airflow.models.xcom import XCom  # type: ignore[no-redef]
+        from airflow_provider_panda.compat import XCom
+
         return XCom.get_value(key=MONITOR_URL_KEY, ti_key=ti_key) or ""

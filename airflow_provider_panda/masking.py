@@ -50,10 +50,7 @@ def mask(secret: str | None) -> None:
 
 def airflow_mask(secret: str) -> None:
     """Tell Airflow's secrets masker (in a task, the supervisor's too)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow 3.1 before airflow.sdk.log.mask_secret
-        from airflow.sdk.execution_time.secrets_masker import mask_secret
+    from airflow_provider_panda.compat import mask_secret
 
     mask_secret(secret)
 

@@ -134,3 +134,51 @@ def test_local_server_without_its_extra_says_how_to_install_it(module: str) -> N
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr
     assert "pip install 'airflow-provider-panda[local-server]'" in proc.stderr
+
+
+# --- only public Airflow APIs, shims in compat.py ----------------------------------------------
+
+#: Airflow modules any module may import from: the task SDK's public namespace, and the modules
+#: Airflow documents for what they hold (custom @task decorators, triggers, provider packages).
+PUBLIC_AIRFLOW = ("airflow.sdk", "airflow.sdk.bases.decorator", "airflow.triggers.base")
+COMPAT = PACKAGE / "compat.py"
+
+
+def _airflow_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+    return [(line, name) for line, name in found if name == "airflow" or name.startswith("airflow.")]
+
+
+def test_airflow_is_imported_only_from_public_modules_or_compat() -> None:
+    """Outside compat.py, Airflow names come from public modules only: no ``airflow.exceptions``,
+    ``airflow.utils``, ``airflow.models``, ``airflow.configuration``, ``airflow.sdk.execution_time`` or
+    ``airflow.sdk.definitions`` (private or moved between releases); compat.py says why for each."""
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == COMPAT:
+            continue
+        for line, name in _airflow_imports(ast.parse(path.read_text(), str(path))):
+            if name not in PUBLIC_AIRFLOW and not name.startswith("airflow.providers."):
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports {name} (use compat.py)")
+    assert problems == []
+
+
+def test_import_shims_live_in_compat_only() -> None:
+    """``try: import ... except ImportError`` (a version shim) only in compat.py; the local server's
+    check for its extra is the one other ImportError handler."""
+    allowed = {COMPAT, PACKAGE / "testing" / "server.py"}
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                caught = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
+                if caught & {"ImportError", "ModuleNotFoundError"}:
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno} catches {sorted(caught)}")
+    assert problems == []
