@@ -1,10 +1,42 @@
-"""Typed errors for PanDA calls: what went wrong, never a status tuple, never a secret."""
+"""Typed errors for PanDA calls: what went wrong, never a status tuple, never a secret.
+
+An error crosses the trigger boundary (triggerer to worker, as JSON) as its fields and is rebuilt
+there through its own constructor: ``error_from_fields(**error.to_fields())`` is an error of the same
+type, message and attributes. Every class is constructible as ``cls(message=..., **attributes)``
+with its :attr:`PandaError.fields` as the attributes, besides its usual signature.
+"""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 class PandaError(Exception):
     """Base of every error this provider raises."""
+
+    #: The attributes that describe the error beyond its message (primitives: they cross the trigger boundary).
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str = "", **attributes: Any) -> None:
+        unknown = sorted(set(attributes) - set(self.fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no attribute field {', '.join(unknown)}")
+        super().__init__(message)
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def attributes(self) -> dict[str, Any]:
+        """The error's :attr:`fields` and their values."""
+        return {name: getattr(self, name, None) for name in self.fields}
+
+    def to_fields(self) -> dict[str, Any]:
+        """The error as JSON-safe fields: ``error_type``, ``message``, ``attributes`` (the arguments of
+        :func:`error_from_fields`)."""
+        return {"error_type": type(self).__name__, "message": str(self), "attributes": self.attributes()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle and copy through the same constructor (the default would call cls(message) alone)
+        return _rebuild, (type(self), str(self), self.attributes())
 
 
 class PandaInputError(PandaError, ValueError):
@@ -27,10 +59,11 @@ class PandaCertificateError(PandaTransportError):
 class PandaHTTPError(PandaError):
     """The server answered outside the JSON envelope (non-200)."""
 
-    def __init__(self, status_code: int, text: str):
-        self.status_code = status_code
-        self.text = text
-        super().__init__(f"HTTP {status_code}: {text}")
+    fields = ("status_code", "text")
+
+    def __init__(self, status_code: int, text: str, *, message: str | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {text}" if message is None else message,
+                         status_code=status_code, text=text)
 
 
 class PandaAuthError(PandaHTTPError):
@@ -53,12 +86,15 @@ class PandaNotEnvelopeError(PandaResponseError):
 
 
 class PandaCallFailed(PandaError):
-    """The server handled the call and said ``success: false`` (message kept)."""
+    """The server handled the call and said ``success: false`` (message kept). ``data`` (the envelope's
+    data, anything) stays where the error was raised."""
 
-    def __init__(self, message: str, data: object = None):
-        self.server_message = message
+    fields = ("server_message",)
+
+    def __init__(self, message: str, data: object = None, *, server_message: str | None = None,
+                 **attributes: Any) -> None:
+        super().__init__(message, server_message=message if server_message is None else server_message, **attributes)
         self.data = data
-        super().__init__(message)
 
 
 class PandaNotFoundError(PandaCallFailed):
@@ -72,12 +108,12 @@ class PandaPermissionError(PandaCallFailed):
 class PandaCommandRejected(PandaCallFailed):
     """A task command or submission answered with a non-zero code."""
 
-    def __init__(self, code: int, message: str, task_id: int | None = None, action: str = "submit"):
-        self.code = code
-        self.task_id = task_id
-        self.action = action
-        super().__init__(f"PanDA {action} rejected with code {code}: {message}", data=code)
-        self.server_message = message
+    fields = ("server_message", "code", "task_id", "action")
+
+    def __init__(self, code: int, server_message: str, task_id: int | None = None, action: str = "submit", *,
+                 message: str | None = None) -> None:
+        text = f"PanDA {action} rejected with code {code}: {server_message}" if message is None else message
+        super().__init__(text, code, server_message=server_message, code=code, task_id=task_id, action=action)
 
 
 class PandaDuplicateTaskError(PandaCommandRejected):
@@ -87,10 +123,10 @@ class PandaDuplicateTaskError(PandaCommandRejected):
 class PandaTaskFailedError(PandaError):
     """A waited-on task reached a failing status."""
 
-    def __init__(self, message: str, task_id: int, status: str):
-        self.task_id = task_id
-        self.status = status
-        super().__init__(message)
+    fields = ("task_id", "status")
+
+    def __init__(self, message: str, task_id: int, status: str) -> None:
+        super().__init__(message, task_id=task_id, status=status)
 
 
 class PandaTimeoutError(PandaError):
@@ -100,15 +136,31 @@ class PandaTimeoutError(PandaError):
 class PandaTaskNameTaken(PandaError):
     """The taskName is already held by a PanDA task this Airflow task instance did not submit."""
 
-    def __init__(self, message: str, task_id: int, status: str | None):
-        self.task_id = task_id
-        self.status = status
-        super().__init__(message)
+    fields = ("task_id", "status")
+
+    def __init__(self, message: str, task_id: int, status: str | None) -> None:
+        super().__init__(message, task_id=task_id, status=status)
 
 
 class PandaSubmissionUnknownError(PandaError):
     """A submission got no answer and its task could not be found: it may or may not exist."""
 
-    def __init__(self, message: str, task_name: str):
-        self.task_name = task_name
-        super().__init__(message)
+    fields = ("task_name",)
+
+    def __init__(self, message: str, task_name: str) -> None:
+        super().__init__(message, task_name=task_name)
+
+
+def _rebuild(cls: type[PandaError], message: str, attributes: dict[str, Any]) -> PandaError:
+    return cls(message=message, **{name: attributes.get(name) for name in cls.fields})
+
+
+def error_from_fields(error_type: str | None, message: str, attributes: dict[str, Any] | None = None) -> PandaError:
+    """The error :meth:`PandaError.to_fields` describes, built by its class's constructor: the class
+    named ``error_type`` (a :class:`PandaError` class of this module; any other name gives
+    :class:`PandaError`), with ``message`` as its text and the class's fields from ``attributes``
+    (one missing is None, one the class does not have is ignored)."""
+    cls = globals().get(str(error_type))
+    if not (isinstance(cls, type) and issubclass(cls, PandaError)):
+        cls = PandaError
+    return _rebuild(cls, message, attributes or {})
