@@ -373,10 +373,14 @@ def upload_cache_file(file_name: str, content: bytes, use_cache_server: bool = F
     return Call(api.FILE_UPLOAD, {}, _message, files=files, cache=use_cache_server)
 
 
-def finite(value: Any, what: str, low: float, high: float = math.inf) -> float:
+def number_in_range(value: Any, what: str, low: float, high: float = math.inf) -> float:
     """A number in [low, high] (poll intervals, timeouts): bad ones fail before any request."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise PandaInputError(f"{what} must be a finite number, got {value!r:.40}")
     if not low <= value <= high:
         raise PandaInputError(f"{what} must be between {low} and {high}, got {value}")
     return float(value)
+
+
+# TODO(#21): remove once operators/sensors use number_in_range
+finite = number_in_range
