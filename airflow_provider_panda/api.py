@@ -1,8 +1,11 @@
 """The PanDA REST API, written once: endpoints, codes, statuses and what answers mean.
 
 Every caller (the sync hook, the trigger, the local server, the tests) takes paths, codes and
-status lists from here. What only a server writes (its messages, the envelope) is in
-:mod:`airflow_provider_panda.testing.messages`; the pilot's endpoints are the harness's.
+status lists from here: what a client needs to know to call PanDA and read its answers. What only
+the server side uses lives with the local server: the messages only a server writes and the
+envelope (:mod:`airflow_provider_panda.testing.messages`), the rules by which a server decides
+(:mod:`airflow_provider_panda.testing.sim`, :mod:`airflow_provider_panda.testing.server`); the
+pilot's endpoints are the harness's.
 Facts come from panda-server 1.0.4 (``pandaserver/api/v1``) and panda-client 2.2.0; see
 ``../shared/panda-api.md``.
 """
@@ -107,7 +110,6 @@ class SubmitCode(IntEnum):
     PARENT_NOT_FOUND = 11
 
 
-SUBMIT_SUCCESS_CODES = frozenset({SubmitCode.NEW, SubmitCode.INCREMENTAL})
 SUBMIT_DUPLICATE_CODES = frozenset({SubmitCode.DUPLICATE_DEFT, SubmitCode.DUPLICATE_JEDI})
 
 # --- statuses ---------------------------------------------------------------------------------
@@ -130,11 +132,7 @@ TASK_UNREFINED = "registered"
 UNREFINED_OWNER = "tobeset"
 TASK_DEFAULT_FAILURE: tuple[str, ...] = ("failed", "broken", "aborted", "exhausted", "finished")
 
-JOB_STATUSES: tuple[str, ...] = (
-    "pending", "defined", "assigned", "activated", "sent", "starting", "running", "holding",
-    "merging", "transferring", "finished", "failed", "closed", "cancelled",
-)
-JOB_FINAL = frozenset({"finished", "failed", "closed", "cancelled"})
+#: Statuses of a job that ended badly (``finished`` is the one good end).
 JOB_FAILED = frozenset({"failed", "closed", "cancelled"})
 
 #: Task statuses in which the server refuses each command (``CommandCode.BAD_STATUS``).
@@ -161,17 +159,6 @@ def submission_is_repeatable(params: dict[str, Any]) -> bool:
 
 #: Task statuses in which a same-name submission is a duplicate (not an incremental execution).
 RESUBMITTABLE_FROM = COMMAND_ALLOWED_FROM["incexec"]
-#: Task statuses of a running analysis task in which retry acts on its failed jobs.
-RETRY_ACTIVE_FROM = frozenset({"running", "scouting", "pending"})
-
-
-def command_allowed(command: str, status: str) -> bool:
-    """Whether the server accepts ``command`` for a task in ``status`` (ignoring roles)."""
-    if command in COMMAND_REFUSED_IN:
-        return status not in COMMAND_REFUSED_IN[command]
-    if command in COMMAND_ALLOWED_FROM:
-        return status in COMMAND_ALLOWED_FROM[command]
-    return True
 
 
 # --- limits -----------------------------------------------------------------------------------
@@ -193,18 +180,12 @@ def upload_size_limit(file_name: str) -> int:
     return SANDBOX_LIMIT if file_name.startswith("sources.") else SANDBOX_NO_BUILD_LIMIT
 
 
-# --- messages the server writes ----------------------------------------------------------------
+# --- messages a client reads ----------------------------------------------------------------------
 
-MESSAGE_SSL = "SSL secure connection is required"
 MESSAGE_PROD_ROLE = "production or pilot role required"
 MESSAGE_TASK_OWNER = "not the task owner or no production role"
 MESSAGE_TASK_ID = "jediTaskID must be an integer"
-MESSAGE_TASK_NOT_FOUND = "Task not found"
-MESSAGE_NO_METADATA = "No metadata found"
 MESSAGE_NO_DATASETS = "No data found for the task"
-MESSAGE_NO_DETAILS = "Task not found or error retrieving the details"
-MESSAGE_RECOVERY_ACCEPTED = "The request was accepted and will be processed in a few minutes"
-MESSAGE_TOKEN_FAILED = "Token authentication failed."
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: JEDI's dataset types of what a task produces (JEDI_Datasets.type).
 OUTPUT_DATASET_TYPES: tuple[str, ...] = ("output", "log")

@@ -9,7 +9,6 @@ import sys
 import pytest
 import requests
 
-from airflow_provider_panda import api
 from airflow_provider_panda.testing import messages
 
 
@@ -57,7 +56,7 @@ def test_unknown_argument_and_bad_cast(http):
 
 def test_no_token_is_not_secure(http):
     assert http("GET", "task/get_status", token_user=None, params={"task_id": 1}).json() == messages.envelope(
-        False, api.MESSAGE_SSL)
+        False, messages.MESSAGE_SSL)
 
 
 @pytest.mark.parametrize("origin,text", [
@@ -66,7 +65,7 @@ def test_no_token_is_not_secure(http):
 ])
 def test_token_refusals_are_403_before_the_handler(http, origin, text):
     answer = http("GET", "task/get_status", origin=origin, params={"task_id": 1})
-    assert answer.status_code == 403 and answer.text == f"ERROR : {api.MESSAGE_TOKEN_FAILED} {text}"
+    assert answer.status_code == 403 and answer.text == f"ERROR : {messages.MESSAGE_TOKEN_FAILED} {text}"
 
 
 def test_expired_token(panda_server):
@@ -100,7 +99,7 @@ def test_command_line_prints_a_usable_connection():
         headers = {"Accept": "application/json", "Authorization": f"Bearer {conn['password']}",
                    "Origin": conn["extra"]["vo"]}
         answer = requests.get(conn["host"] + "/api/v1/task/get_status", params={"task_id": 1}, headers=headers)
-        assert answer.json() == messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+        assert answer.json() == messages.envelope(False, messages.MESSAGE_TASK_NOT_FOUND)
         # and a refresh token of the server's IdP, so a session longer than the id token's hour goes on
         renewed = requests.post(conn["host"] + "/oidc/token", data={
             "grant_type": "refresh_token", "refresh_token": conn["extra"]["refresh_token"], "client_id": "panda-x"})

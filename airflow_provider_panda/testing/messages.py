@@ -10,6 +10,16 @@ from typing import Any
 
 from airflow_provider_panda.api import INCREMENTAL_PREFIX
 
+# Messages the client does not interpret (it reads the code, or "not found" in any text); the
+# ones it does read are in :mod:`airflow_provider_panda.api`.
+MESSAGE_SSL = "SSL secure connection is required"
+MESSAGE_TASK_NOT_FOUND = "Task not found"
+MESSAGE_NO_METADATA = "No metadata found"
+MESSAGE_NO_DETAILS = "Task not found or error retrieving the details"
+MESSAGE_RECOVERY_ACCEPTED = "The request was accepted and will be processed in a few minutes"
+#: The start of the 403 text for a refused token (the reason follows).
+MESSAGE_TOKEN_FAILED = "Token authentication failed."
+
 
 def command_registered_message(command: str, task_id: int) -> str:
     return f"command={command} is registered for task ID {task_id}. will be executed in a few minutes"

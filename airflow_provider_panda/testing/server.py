@@ -39,7 +39,7 @@ except ModuleNotFoundError as exc:
 
 from airflow_provider_panda import api
 from airflow_provider_panda.testing import messages
-from airflow_provider_panda.testing.sim import PandaSim, User
+from airflow_provider_panda.testing.sim import SUBMIT_SUCCESS_CODES, PandaSim, User
 
 DEFAULT_VO = "atlas"
 #: What a single-sign-on proxy in front of a server answers instead of the API (HTTP 200).
@@ -123,20 +123,20 @@ class Handlers:
     # task
     def submit(self, caller: Caller, task_parameters: dict, parent_tid: int = None) -> dict:
         code, message = self.sim.submit(task_parameters, caller.user, caller.prod, parent_tid)
-        if code not in api.SUBMIT_SUCCESS_CODES:
+        if code not in SUBMIT_SUCCESS_CODES:
             return messages.envelope(False, message, int(code))
         return messages.envelope(True, message, api.task_id_in_message(message))
 
     def get_status(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
         if task is None:
-            return messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+            return messages.envelope(False, messages.MESSAGE_TASK_NOT_FOUND)
         return messages.envelope(True, data=task.status)
 
     def get_task_parameters(self, caller: Caller, task_id: int) -> dict:
         task = self.sim.visible(task_id)
         if task is None:
-            return messages.envelope(False, api.MESSAGE_TASK_NOT_FOUND)
+            return messages.envelope(False, messages.MESSAGE_TASK_NOT_FOUND)
         return messages.envelope(True, data=task.params)
 
     def get_job_ids(self, caller: Caller, task_id: int) -> dict:
@@ -213,7 +213,7 @@ class Handlers:
                     include_status: bool = False) -> dict:
         details = self.sim.task_details(task_id, include_parameters, include_status)
         if not details:
-            return messages.envelope(False, api.MESSAGE_NO_DETAILS)
+            return messages.envelope(False, messages.MESSAGE_NO_DETAILS)
         return messages.envelope(True, data=details)
 
     # job
@@ -230,7 +230,7 @@ class Handlers:
     def get_metadata_for_analysis_jobs(self, caller: Caller, task_id: int) -> dict:
         metadata = self.sim.job_metadata(task_id)
         if not metadata:
-            return messages.envelope(True, api.MESSAGE_NO_METADATA, {})
+            return messages.envelope(True, messages.MESSAGE_NO_METADATA, {})
         return messages.envelope(True, data=metadata)
 
     def set_command(self, caller: Caller, job_id: int, command: str) -> dict:
@@ -250,7 +250,7 @@ class Handlers:
         log_name = self.sim.new_log_name()
         self.cache[log_name] = b""
         url = f"{self.base_url}/cache/{log_name}"
-        return messages.envelope(True, api.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": url})
+        return messages.envelope(True, messages.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": url})
 
     def upload_cache_file(self, caller: Caller, file: Any) -> dict:
         name, content, declared = file
@@ -429,21 +429,21 @@ class LocalPandaApp:
         try:
             claims = self.issuer.check(token)
         except ValueError as exc:
-            return f"{api.MESSAGE_TOKEN_FAILED} {exc}"
+            return f"{messages.MESSAGE_TOKEN_FAILED} {exc}"
         origin = request.headers.get("origin") or ""
         vo, _, role = origin.replace(".", ":", 1).partition(":")
         if vo != DEFAULT_VO:
-            return f"{api.MESSAGE_TOKEN_FAILED} Unknown vo : {vo or None}"
+            return f"{messages.MESSAGE_TOKEN_FAILED} Unknown vo : {vo or None}"
         user = self.users.get(claims.get("user_key", "")) or User(
             claims.get("name", claims["sub"]), claims.get("preferred_username", claims["sub"]),
             list(claims.get("groups", [])))
         groups = claims.get("groups", [])
         if role:
             if f"{vo}/{role}" not in groups:
-                return f"{api.MESSAGE_TOKEN_FAILED} Not a member of the {vo}/{role} group"
+                return f"{messages.MESSAGE_TOKEN_FAILED} Not a member of the {vo}/{role} group"
             return Caller(user, prod=role == PROD_ROLE)
         if vo not in groups:
-            return f"{api.MESSAGE_TOKEN_FAILED} Not a member of the {vo} group"
+            return f"{messages.MESSAGE_TOKEN_FAILED} Not a member of the {vo} group"
         return Caller(user)
 
     def _client_cert_name(self, request: Request) -> str | None:
@@ -507,7 +507,8 @@ class LocalPandaApp:
         if fault == "html":  # a proxy or SSO page in front of the server, answering 200
             return Response(SSO_PAGE, 200, media_type="text/html")
         if fault == "missing":  # the real server's "not found" on a database error (getTaskStatus gives [])
-            message = api.MESSAGE_NO_DETAILS if endpoint is api.TASK_DETAILED_INFO else api.MESSAGE_TASK_NOT_FOUND
+            detailed = endpoint is api.TASK_DETAILED_INFO
+            message = messages.MESSAGE_NO_DETAILS if detailed else messages.MESSAGE_TASK_NOT_FOUND
             return Response(json.dumps(messages.envelope(False, message)), 200, media_type="text/plain")
         if fault == "empty":  # getJediTasksInTimeRange on a database error
             return Response(json.dumps(messages.envelope(True, data={})), 200, media_type="text/plain")
@@ -546,7 +547,7 @@ class LocalPandaApp:
                    params: dict[str, Any]) -> dict[str, Any]:
         """request_validation: secure, production role, HTTP method, arguments, task ownership."""
         if endpoint.secure and not caller.secure:
-            return messages.envelope(False, api.MESSAGE_SSL)
+            return messages.envelope(False, messages.MESSAGE_SSL)
         if endpoint.production and not caller.prod:
             return messages.envelope(False, api.MESSAGE_PROD_ROLE)
         if endpoint.method != http_method and endpoint not in (api.JOB_DESCRIPTION, api.JOB_DESCRIPTION_ARCHIVE):

@@ -35,6 +35,12 @@ MODIFIED_SINCE_MAX_RANGE = timedelta(days=30)
 #: The status of a block's jobs, from their task's status (anything else: activated).
 BLOCK_JOB_STATUS = {"running": "running", "done": "finished", "finished": "finished", "prepared": "finished",
                     "failed": "failed", "exhausted": "failed", "broken": "cancelled", "aborted": "cancelled"}
+#: Job statuses a job never leaves (the client only needs the failed ones, ``api.JOB_FAILED``).
+JOB_FINAL = api.JOB_FAILED | {"finished"}
+#: Submission codes the server answers with ``success: true`` (the client reads the code, not this).
+SUBMIT_SUCCESS_CODES = frozenset({SubmitCode.NEW, SubmitCode.INCREMENTAL})
+#: Task statuses of a running analysis task in which retry acts on its failed jobs.
+RETRY_ACTIVE_FROM = frozenset({"running", "scouting", "pending"})
 FAILED_JOB_ERROR = {
     "transExitCode": 1,
     "pilotErrorCode": 1305,
@@ -50,6 +56,15 @@ def check_outcomes(outcomes: Any) -> list[str]:
     if not outcomes or any(o not in OUTCOMES for o in outcomes):
         raise ValueError(f"outcomes must be a non-empty list of {OUTCOMES}")
     return outcomes
+
+
+def command_allowed(command: str, status: str) -> bool:
+    """Whether the server accepts ``command`` for a task in ``status`` (ignoring roles)."""
+    if command in api.COMMAND_REFUSED_IN:
+        return status not in api.COMMAND_REFUSED_IN[command]
+    if command in api.COMMAND_ALLOWED_FROM:
+        return status in api.COMMAND_ALLOWED_FROM[command]
+    return True
 
 
 def _matches(value: Any, pattern: Any) -> bool:
@@ -119,7 +134,7 @@ class Job:
     def describe(self, task: Task) -> dict[str, Any]:
         """The job as ``job/get_description`` sends it (JobSpec.to_dict_advanced, trimmed)."""
         started = self.created if self.status not in ("defined", "activated") else None
-        ended = self.modified if self.status in api.JOB_FINAL else None
+        ended = self.modified if self.status in JOB_FINAL else None
         info: dict[str, Any] = {
             "PandaID": self.panda_id, "jobDefinitionID": self.task_id, "jediTaskID": self.task_id,
             "jobName": f"{task.name}$", "jobStatus": self.status, "prodSourceLabel": task.label,
@@ -292,7 +307,7 @@ class PandaSim:
             task.job_ids.append(job.panda_id)
 
     def _active_jobs(self, task: Task) -> list[Job]:
-        return [self.jobs[j] for j in task.job_ids if self.jobs[j].status not in api.JOB_FINAL]
+        return [self.jobs[j] for j in task.job_ids if self.jobs[j].status not in JOB_FINAL]
 
     def _jobs_to(self, task: Task, status: str, only_active: bool) -> None:
         wall = self.clock.wall()
@@ -467,12 +482,12 @@ class PandaSim:
             if view is None:
                 return CommandCode.NOT_FOUND, messages.command_not_found_message(task_id)
             task = self.tasks[task_id]
-            allowed = api.command_allowed(command, view.status)
+            allowed = command_allowed(command, view.status)
             extra = ""
             if command == "retry" and view.status == "exhausted" and not prod:
                 allowed, extra = False, "and production role is missing"
             if not allowed:
-                if command == "retry" and view.status in api.RETRY_ACTIVE_FROM and task.label == "user":
+                if command == "retry" and view.status in RETRY_ACTIVE_FROM and task.label == "user":
                     return CommandCode.RETRY_ACTIVE, view.status
                 return CommandCode.BAD_STATUS, messages.command_rejected_message(command, view.status, extra)
             # the server only queues kill and finish (PRODSYS_COMM); JEDI's TaskCommando acts later,
@@ -504,7 +519,7 @@ class PandaSim:
             task = self._visible_task(task_id)
             if task is None:
                 return 1, "new parameter conversion failed with task not found"
-            if task.status in api.RETRY_ACTIVE_FROM:
+            if task.status in RETRY_ACTIVE_FROM:
                 task.params.update(new_params)
                 return SubmitCode.INCREMENTAL, messages.retry_active_message(task.status)
             if task.status not in api.RESUBMITTABLE_FROM:
@@ -657,7 +672,7 @@ class PandaSim:
             result = []
             for panda_id in job_ids:
                 job = self.jobs.get(panda_id)
-                ok = job is not None and job.status not in api.JOB_FINAL and (
+                ok = job is not None and job.status not in JOB_FINAL and (
                     prod or self.tasks[job.task_id].owner == user.dn)
                 if ok:
                     job.status, job.modified = "cancelled", self.clock.wall()
@@ -667,7 +682,7 @@ class PandaSim:
     def set_job_command(self, job_id: int, command: str) -> tuple[bool, str]:
         with self.lock:
             job = self.jobs.get(job_id)
-            if job is None or job.status in api.JOB_FINAL:
+            if job is None or job.status in JOB_FINAL:
                 return False, f"PandaID={job_id} not found in active DB"
             return True, f"command={command} set to PandaID={job_id}"
 
