@@ -180,17 +180,11 @@ def upload_size_limit(file_name: str) -> int:
     return SANDBOX_LIMIT if file_name.startswith("sources.") else SANDBOX_NO_BUILD_LIMIT
 
 
-# --- messages a client reads ----------------------------------------------------------------------
+# --- messages a client reads ------------------------------------------------------------------
 
 MESSAGE_PROD_ROLE = "production or pilot role required"
 MESSAGE_TASK_OWNER = "not the task owner or no production role"
-MESSAGE_TASK_ID = "jediTaskID must be an integer"
 MESSAGE_NO_DATASETS = "No data found for the task"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-#: JEDI's dataset types of what a task produces (JEDI_Datasets.type).
-OUTPUT_DATASET_TYPES: tuple[str, ...] = ("output", "log")
-#: What ``task/get_datasets_and_files`` lists without ``dataset_types``.
-DEFAULT_DATASET_TYPES: tuple[str, ...] = ("input", "pseudo_input")
 #: How a submission answer that re-executes an existing task begins (code 3).
 INCREMENTAL_PREFIX = "reactivation accepted."
 _TASK_ID_IN_MESSAGE = re.compile(r"jediTaskID=(\d+)")
@@ -202,30 +196,18 @@ def task_id_in_message(message: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def is_incremental_message(message: str | None) -> bool:
     """Whether a submission answer says an existing finished task will be re-executed (code 3)."""
     return (message or "").startswith(INCREMENTAL_PREFIX)
 
 
-
-
 # --- answers ----------------------------------------------------------------------------------
 
-
-
-
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: JEDI's dataset types of what a task produces (JEDI_Datasets.type).
+OUTPUT_DATASET_TYPES: tuple[str, ...] = ("output", "log")
+#: What ``task/get_datasets_and_files`` lists without ``dataset_types``.
+DEFAULT_DATASET_TYPES: tuple[str, ...] = ("input", "pseudo_input")
 
 
 def decode_special(obj: dict[str, Any]) -> Any:

@@ -21,11 +21,6 @@ def _best_effort(read: Any, log: Any, what: str) -> Any:
         return None
 
 
-def progress_info(hook: PandaHook, task_id: int) -> dict[str, Any] | None:
-    """The task's details for a progress line: best-effort, a failed read only leaves the line out."""
-    return _best_effort(lambda: hook.get_task_info(task_id), None, "the task's details")
-
-
 def failed_attempt(hook: PandaHook, task_id: int, status: str, log: Any = None) -> tuple[dict[str, Any], Any]:
     """One failed attempt, for the log and the final report: ``{"attempt", "status", "reason"}``
     (the task's ``errorDialog`` and the commonest errors of its newest jobs), and the task's details."""
