@@ -93,7 +93,6 @@ def test_a_renewed_proxy_is_used_by_the_next_request(tls_server, monkeypatch, tm
     assert asyncio.run(scenario()) == ["alice analyst", "alice analyst", "bob other", "bob other"]
 
 
-
 def _key_lines(proxy: str) -> list[str]:
     text = open(proxy).read()
     return text[text.index("-----BEGIN PRIVATE KEY-----"):].splitlines()[1:-1]
