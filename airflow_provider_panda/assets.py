@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult
 
-from airflow_provider_panda import api
+from airflow_provider_panda import api, xcom
 from airflow_provider_panda.exceptions import PandaInputError
 
 if TYPE_CHECKING:
@@ -230,9 +230,6 @@ def datasets_from_events(events: Any) -> list[str]:
     return found
 
 
-OUTPUTS_KEY = "output_datasets"
-
-
 def _wants_events(outlets: Iterable[Any]) -> bool:
     from airflow.sdk import Asset, AssetAlias
 
@@ -265,7 +262,7 @@ def publish_outputs(operator: Any, context: Mapping[str, Any], task_id: int,
                 "inputs": input_datasets(params), "outputs": outputs}
     for holder in {id(o): o for o in (operator, context.get("task")) if o is not None}.values():
         holder.panda_lineage = recorded
-    context["ti"].xcom_push(key=OUTPUTS_KEY, value=outputs)
+    context["ti"].xcom_push(key=xcom.OUTPUT_DATASETS, value=outputs)
     for output in outputs:
         operator.log.info("PanDA task %s produced %s %s (%s): %d files, %d failed", task_id, output["type"],
                           output["name"], output["uri"], output["n_files"], output["n_files_failed"])
@@ -285,11 +282,11 @@ def output_dids_of(ti: Any, task_id: str) -> str:
                               f"{{{{ ti | panda_outputs('generate') }}}}, got {task_id!r:.60}")
     # task_ids as a list: always one value per map index (Airflow orders them by map index), so an
     # unmapped upstream ([outputs]) and a mapped one ([outputs of 0, outputs of 1, ...]) read alike
-    pulled = ti.xcom_pull(task_ids=[task_id], key=OUTPUTS_KEY)
+    pulled = ti.xcom_pull(task_ids=[task_id], key=xcom.OUTPUT_DATASETS)
     pushed = [outputs for outputs in pulled or [] if outputs is not None]
     if not pushed:
         raise PandaInputError(f"panda_outputs({task_id!r}): no task {task_id!r} of this DAG run pushed "
-                              f"{OUTPUTS_KEY!r} (a SubmitTaskOperator or @task.panda task pushes it when its "
+                              f"{xcom.OUTPUT_DATASETS!r} (a SubmitTaskOperator or @task.panda task pushes it when its "
                               "PanDA task succeeded and its outputs could be read): check the task_id, and that "
                               "this task runs after it")
     dids: dict[str, None] = {}  # a dict keeps the first occurrence's order

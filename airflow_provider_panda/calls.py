@@ -7,7 +7,6 @@ A :class:`Call` is plain data, so the sync hook (requests) and the async path us
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -372,15 +371,3 @@ def upload_cache_file(file_name: str, content: bytes, use_cache_server: bool = F
     files = {"file": (file_name, content, "application/octet-stream")}
     return Call(api.FILE_UPLOAD, {}, _message, files=files, cache=use_cache_server)
 
-
-def number_in_range(value: Any, what: str, low: float, high: float = math.inf) -> float:
-    """A number in [low, high] (poll intervals, timeouts): bad ones fail before any request."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PandaInputError(f"{what} must be a finite number, got {value!r:.40}")
-    if not low <= value <= high:
-        raise PandaInputError(f"{what} must be between {low} and {high}, got {value}")
-    return float(value)
-
-
-# TODO(#21): remove once operators/sensors use number_in_range
-finite = number_in_range

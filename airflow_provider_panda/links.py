@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
-MONITOR_URL_KEY = "panda_monitor_url"
+from airflow_provider_panda import xcom
 
 
 class PandaTaskLink(BaseOperatorLink):
@@ -21,4 +21,4 @@ class PandaTaskLink(BaseOperatorLink):
             return ""
         from airflow_provider_panda.compat import XCom
 
-        return XCom.get_value(key=MONITOR_URL_KEY, ti_key=ti_key) or ""
+        return XCom.get_value(key=xcom.MONITOR_URL, ti_key=ti_key) or ""

@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_panda import xcom
 from airflow_provider_panda.exceptions import PandaError, PandaInputError
 from airflow_provider_panda.waiting import StaleMark
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: The XCom key of a command's mark: ``{"jedi_task_id": ..., **StaleMark.to_dict()}``.
-COMMAND_KEY = "panda_command"
 
 
 def mark_before(hook: Any, task_id: int, status: str, command: str, log: Any) -> StaleMark:
@@ -37,7 +36,7 @@ def mark_before(hook: Any, task_id: int, status: str, command: str, log: Any) ->
 
 def publish(context: Context, task_id: int, mark: StaleMark) -> None:
     """Push the mark for the waits downstream (the newest command of this task instance wins)."""
-    context["ti"].xcom_push(key=COMMAND_KEY, value={"jedi_task_id": task_id, **mark.to_dict()})
+    context["ti"].xcom_push(key=xcom.COMMAND_MARK, value={"jedi_task_id": task_id, **mark.to_dict()})
 
 
 def check_after_command(value: Any) -> tuple[str, ...] | dict[str, Any]:
@@ -46,7 +45,7 @@ def check_after_command(value: Any) -> tuple[str, ...] | dict[str, Any]:
         return ()
     if isinstance(value, dict):
         if not isinstance(value.get("status"), str):
-            raise PandaInputError(f"after_command as a dict must be a {COMMAND_KEY!r} XCom (with a 'status'), "
+            raise PandaInputError(f"after_command as a dict must be a {xcom.COMMAND_MARK!r} XCom (with a 'status'), "
                                   f"got {value!r:.80}")
         return value
     ids = (value,) if isinstance(value, str) else value
@@ -93,7 +92,7 @@ def upstream_mark(task: Any, context: Context, task_id: int, after_command: Any 
     ids = sorted(set(_command_ancestors(task)) | set(after_command or ()))
     ti = context["ti"]
     for upstream in ids:
-        marks.extend(_values(ti.xcom_pull(task_ids=upstream, key=COMMAND_KEY)))
+        marks.extend(_values(ti.xcom_pull(task_ids=upstream, key=xcom.COMMAND_MARK)))
     mine = [m for m in marks if str(m.get("jedi_task_id", task_id)) == str(task_id) and isinstance(m.get("status"),
                                                                                                      str)]
     return StaleMark.newest(*(StaleMark.load(m) for m in mine))

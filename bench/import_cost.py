@@ -18,8 +18,8 @@ from _util import median, table
 
 BARE = "import airflow.sdk"
 BASE = "from airflow.sdk import DAG, BaseOperator, BaseSensorOperator, BaseOperatorLink"
-PROVIDER = ("import airflow_provider_panda.operators.task, airflow_provider_panda.sensors.task, "
-            "airflow_provider_panda.triggers.task")
+PROVIDER = ("import airflow_provider_panda.operators, airflow_provider_panda.sensors, "
+            "airflow_provider_panda.triggers.wait")
 OURS = f"{BASE}; {PROVIDER}"
 PROBE = "import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t)"
 

@@ -55,7 +55,7 @@ async def measure(conn: dict, n: int, interval: float, shared: bool, big: int, b
     import psutil
 
     from airflow_provider_panda.triggers.poller import SWEEP_EVERY
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     process = psutil.Process()
     rss_before = process.memory_info().rss

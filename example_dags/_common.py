@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
 
 POLL_INTERVAL = float(os.environ.get("PANDA_EXAMPLE_POLL", "30"))
 PARAMS = {

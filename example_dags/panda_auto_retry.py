@@ -16,8 +16,8 @@ from _common import HELLO_TASK as TASK
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
-from airflow_provider_panda.operators.task import RetryTaskOperator, SubmitTaskOperator
-from airflow_provider_panda.sensors.task import TaskStatusSensor
+from airflow_provider_panda.operators import RetryTaskOperator, SubmitTaskOperator
+from airflow_provider_panda.sensors import TaskStatusSensor
 
 with DAG(
     dag_id="panda_auto_retry",
@@ -30,14 +30,14 @@ with DAG(
 ):
     SubmitTaskOperator(
         task_id="submit_with_auto_retries",
-        task=TASK,
+        panda_task=TASK,
         auto_retries=3,
         retry_new_params={"ramCount": 4000},
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )
 
-    submit = SubmitTaskOperator(task_id="submit", task=TASK, wait_for_completion=False)
+    submit = SubmitTaskOperator(task_id="submit", panda_task=TASK, wait_for_completion=False)
     wait = TaskStatusSensor(
         task_id="wait",
         jedi_task_id="{{ ti.xcom_pull(task_ids='submit') }}",

@@ -13,8 +13,8 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 NAME = ("user.{{ params.user }}.airflow.chain.{{ ti.task_id }}.{{ params.tag }}."
         "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}")
@@ -33,14 +33,14 @@ with DAG(
 ):
     generate = SubmitTaskOperator(
         task_id="generate",
-        task=PrunTask(exec="gen.sh --seed %RNDM:1", out_ds=NAME, outputs=["evt.root"], n_jobs=2,
+        panda_task=PrunTask(exec="gen.sh --seed %RNDM:1", out_ds=NAME, outputs=["evt.root"], n_jobs=2,
                       site="{{ params.site }}", vo="{{ params.vo }}", max_attempt=1),
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )
     analyse = SubmitTaskOperator(
         task_id="analyse",
-        task=PrunTask(exec="ana.sh %IN", in_ds=GENERATED, out_ds=NAME, outputs=["hist.root"], n_files_per_job=1,
+        panda_task=PrunTask(exec="ana.sh %IN", in_ds=GENERATED, out_ds=NAME, outputs=["hist.root"], n_files_per_job=1,
                       site="{{ params.site }}", vo="{{ params.vo }}", max_attempt=1),
         deferrable=True,
         poll_interval=POLL_INTERVAL,

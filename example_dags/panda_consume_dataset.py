@@ -13,8 +13,8 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, AssetAlias, Param, task
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 with DAG(
     dag_id="panda_consume_dataset",
@@ -39,7 +39,7 @@ with DAG(
 
     analyse = SubmitTaskOperator(
         task_id="analyse",
-        task=PrunTask(
+        panda_task=PrunTask(
             exec="python analyse.py --in %IN --out summary.txt",
             in_ds="{{ ti.xcom_pull(task_ids='pick') }}",
             out_ds="user.{{ params.user }}.airflow.consume.{{ params.tag }}."

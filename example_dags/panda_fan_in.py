@@ -14,8 +14,8 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, task
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 SEEDS = [11, 12, 13]
 #: Task names (and output containers): unique per run; each task adds its own last part.
@@ -40,7 +40,7 @@ with DAG(
 
     merge = SubmitTaskOperator(
         task_id="merge",
-        task=PrunTask(exec="merge.sh %IN", in_ds="{{ ti | panda_outputs('generate') }}", out_ds=f"{NAME}.merged",
+        panda_task=PrunTask(exec="merge.sh %IN", in_ds="{{ ti | panda_outputs('generate') }}", out_ds=f"{NAME}.merged",
                       outputs=["merged.root"], n_files_per_job=10, site="{{ params.site }}", vo="{{ params.vo }}",
                       max_attempt=1),
         deferrable=True,

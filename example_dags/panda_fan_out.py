@@ -18,7 +18,7 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, task
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 with DAG(
     dag_id="panda_fan_out",

@@ -13,8 +13,8 @@ from _common import HELLO_TASK as TASK
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, task
 
-from airflow_provider_panda.operators.task import FileRecoveryOperator, SubmitTaskOperator
-from airflow_provider_panda.sensors.task import TaskStatusSensor
+from airflow_provider_panda.operators import FileRecoveryOperator, SubmitTaskOperator
+from airflow_provider_panda.sensors import TaskStatusSensor
 
 with DAG(
     dag_id="panda_file_recovery",
@@ -27,7 +27,7 @@ with DAG(
 ):
     submit = SubmitTaskOperator(
         task_id="submit",
-        task=TASK,
+        panda_task=TASK,
         allow_partial=True,  # "finished" ends the wait; the branch below decides what to do
         deferrable=True,
         poll_interval=POLL_INTERVAL,

@@ -14,8 +14,8 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, AssetAlias
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 #: The alias both DAGs name: the producer's events go through it, the consumer is scheduled on it.
 PRODUCED_HISTOGRAMS = AssetAlias("panda-example-histograms")
@@ -31,7 +31,7 @@ with DAG(
 ):
     SubmitTaskOperator(
         task_id="produce",
-        task=PrunTask(
+        panda_task=PrunTask(
             exec="python make_hist.py --seed %RNDM:1 --out hist.root",
             out_ds="user.{{ params.user }}.airflow.produce.{{ params.tag }}."
                    "{{ dag_run.run_after.strftime('%Y%m%dT%H%M%S%f') }}",

@@ -1,7 +1,7 @@
 """Submit a PanDA task described the way prun describes it, wait for it (deferrable), then read its
 jobs' metadata.
 
-The main example: ``TASK`` is a :class:`~airflow_provider_panda.tasks.PrunTask` (what ``prun --exec ...
+The main example: ``TASK`` is a :class:`~airflow_provider_panda.builder.PrunTask` (what ``prun --exec ...
 --outDS ... --nEvents 10 --nEventsPerJob 5`` would submit); ``submit`` renders it (task name unique per
 run), submits it and waits in the triggerer until the task is ``done``; its XCom is the jediTaskID and
 its "PanDA monitor" link opens the task in the monitor. ``summarise`` reads the job metadata
@@ -16,8 +16,8 @@ from datetime import datetime
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG, task
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 TASK = PrunTask(
     exec="echo hello from Airflow",
@@ -43,7 +43,7 @@ with DAG(
 ):
     submit = SubmitTaskOperator(
         task_id="submit",
-        task=TASK,
+        panda_task=TASK,
         deferrable=True,
         poll_interval=POLL_INTERVAL,
     )

@@ -15,7 +15,7 @@ from _common import HELLO_TASK as TASK
 from _common import PARAMS, POLL_INTERVAL
 from airflow.sdk import DAG
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 TIMEOUT = float(os.environ.get("PANDA_EXAMPLE_TIMEOUT", "3600"))
 
@@ -30,7 +30,7 @@ with DAG(
 ):
     SubmitTaskOperator(
         task_id="kill_when_late",
-        task=TASK,
+        panda_task=TASK,
         timeout=TIMEOUT,
         on_timeout="kill",
         deferrable=True,
@@ -38,7 +38,7 @@ with DAG(
     )
     SubmitTaskOperator(
         task_id="finish_when_late",
-        task=TASK,
+        panda_task=TASK,
         timeout=TIMEOUT,
         on_timeout="finish",
         deferrable=True,

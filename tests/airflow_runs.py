@@ -14,10 +14,10 @@ from typing import Any
 HEADER = """\
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
-from airflow_provider_panda.operators.task import (
+from airflow_provider_panda.operators import (
     FileRecoveryOperator, FinishTaskOperator, KillTaskOperator, RetryTaskOperator, SubmitTaskOperator,
 )
-from airflow_provider_panda.sensors.task import TaskStatusSensor
+from airflow_provider_panda.sensors import TaskStatusSensor
 """
 
 
@@ -81,13 +81,13 @@ def run_dag(body: str, **fmt: Any) -> Run:
 
 #: For a DAG file run by a real scheduler: SubmitTaskOperator with the early-trigger race made certain
 #: (the deferring worker exits 3 s after deferral, the resumed try runs 8 s), and the same without the
-#: trigger's event hold (triggers.task.EVENT_HOLD), the control (tests/test_early_trigger.py).
+#: trigger's event hold (triggers.wait.EVENT_HOLD), the control (tests/test_early_trigger.py).
 RACE_OPERATORS = '''
 import time
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 
 class SlowExit(BaseOperatorLink):

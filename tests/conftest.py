@@ -22,7 +22,7 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-# dag.test() runs a trigger inline, with no executor to race (see triggers.task.EVENT_HOLD)
+# dag.test() runs a trigger inline, with no executor to race (see triggers.wait.EVENT_HOLD)
 os.environ["AIRFLOW__PANDA__TRIGGER_EVENT_HOLD"] = "0"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
 os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # tests may write a file there before any DAG runs

@@ -164,14 +164,14 @@ WAIT_CASES = [
 
 @pytest.mark.parametrize("case,kwargs,words", WAIT_CASES, ids=[c[0] for c in WAIT_CASES])
 def test_bad_operator_arguments_fail_at_parse_time(case, kwargs, words):
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.operators import SubmitTaskOperator
 
     with pytest.raises(PandaInputError, match=words.replace("(", r"\(")):
         SubmitTaskOperator(task_id="t", **{"task_params": {"taskName": "x"}, **kwargs})
 
 
 def test_bad_sensor_statuses():
-    from airflow_provider_panda.sensors.task import TaskStatusSensor
+    from airflow_provider_panda.sensors import TaskStatusSensor
 
     with pytest.raises(PandaInputError, match="both success and failure"):
         TaskStatusSensor(task_id="t", jedi_task_id=1, target_statuses=["done"], failure_statuses=["done"])

@@ -15,7 +15,7 @@ from airflow_provider_panda.exceptions import PandaCertificateError
 from airflow_provider_panda.hooks.panda import AsyncPandaClient, PandaHook
 from airflow_provider_panda.testing.server import LocalPandaServer
 from airflow_provider_panda.transport import is_transient
-from airflow_provider_panda.triggers.task import PandaTaskTrigger
+from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
 LOG = logging.getLogger("test")
 

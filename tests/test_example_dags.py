@@ -28,7 +28,7 @@ def airflow_env(tmp_path_factory):
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PANDA_EXAMPLE_POLL": "0.1",
         "PANDA_EXAMPLE_TIMEOUT": "1",
-        # `dags test` runs triggers inline, with no executor to race (triggers.task.EVENT_HOLD)
+        # `dags test` runs triggers inline, with no executor to race (triggers.wait.EVENT_HOLD)
         "AIRFLOW__PANDA__TRIGGER_EVENT_HOLD": "0",
     })
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)

@@ -169,7 +169,7 @@ def test_retry_operator_rejection_fails_with_code(panda_server, hook, capfd):
 def test_kill_operator_waits_for_aborted_and_accepts_already_killed(panda_server, hook):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killop"))
     wait_status(hook, task_id, {"running"})
-    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_completion=True, {FAST})")
     assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
     assert hook.get_task_status(task_id) == "aborted"
     again = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id})")
@@ -183,7 +183,7 @@ def test_terminate_operator_waits_past_the_status_its_command_found(panda_server
     the old ``exhausted``, which must not end the wait as a failure."""
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["exhausted"], "exhstop"))
     wait_status(hook, task_id, {"exhausted"})
-    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, {FAST})")
+    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_completion=True, {FAST})")
     assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
     assert hook.get_task_status(task_id) in final
 
@@ -201,7 +201,7 @@ def test_command_on_a_task_jedi_has_not_refined_yet(panda_server, hook, capfd, o
         panda_server.sim.hide(task_id, reads=3)
     else:
         panda_server.sim.registered(task_id, reads=3)
-    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_termination=True, "
+    run = run_dag(f"{operator}(task_id='stop', jedi_task_id={task_id}, wait_for_completion=True, "
                   f"poll_interval=0.05)")
     assert run.states == {"stop": "success"} and run.xcom("stop") == task_id
     assert hook.get_task_status(task_id) == end  # a hard finish cancels the hanging jobs
@@ -254,7 +254,7 @@ def test_finish_operator_soft(panda_server, hook):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "finop"))
     wait_status(hook, task_id, {"running"})
     run = run_dag(f"FinishTaskOperator(task_id='finish', jedi_task_id={task_id}, soft=True, "
-                  f"wait_for_termination=True, {FAST})")
+                  f"wait_for_completion=True, {FAST})")
     assert run.states == {"finish": "success"} and run.xcom("finish") == task_id
     assert hook.get_task_status(task_id) == "done"  # its jobs all completed
 
@@ -305,8 +305,8 @@ def test_sensor_on_a_pipeline_of_submit_then_wait(panda_server):
 
 
 def test_bad_arguments_fail_at_parse_time():
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
-    from airflow_provider_panda.sensors.task import TaskStatusSensor
+    from airflow_provider_panda.operators import SubmitTaskOperator
+    from airflow_provider_panda.sensors import TaskStatusSensor
 
     with pytest.raises(PandaInputError, match="unknown PanDA task status"):
         SubmitTaskOperator(task_id="x", task_params={}, success_statuses=("donee",))
@@ -325,7 +325,7 @@ def test_bad_arguments_fail_at_parse_time():
 
 
 def test_on_kill_kills_the_panda_task(panda_server, hook):
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.operators import SubmitTaskOperator
 
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "onkill"))
     wait_status(hook, task_id, {"running"})
@@ -344,7 +344,7 @@ def test_on_kill_kills_the_panda_task(panda_server, hook):
 def test_on_kill_kills_a_task_jedi_has_not_refined_yet(panda_server, hook):
     """Marked failed seconds after its submission: the server refuses the owner's kill ("not the task
     owner") until JEDI has refined the task, so on_kill tries again within Airflow's SIGTERM grace."""
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.operators import SubmitTaskOperator
 
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "onkillyoung"))
     wait_status(hook, task_id, {"running"})

@@ -12,8 +12,8 @@ import pytest
 from airflow_runs import run_dag as _run_dag
 from test_task_builder import CACHE, SANDBOX, normalise_sandbox, prun_params
 
+from airflow_provider_panda.builder import PrunTask
 from airflow_provider_panda.exceptions import PandaInputError
-from airflow_provider_panda.tasks import PrunTask
 
 FILTER = "{{ ti | panda_outputs('generate') }}"
 FAST = "poll_interval=0.05"
@@ -58,11 +58,11 @@ def test_filter_needs_no_registration_in_any_consumer(panda_server):
     prefix = f"user.alice.chain.{tag}."
     body = f"""
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
-    generate = SubmitTaskOperator(task_id='generate', {FAST}, task=PrunTask(
+    generate = SubmitTaskOperator(task_id='generate', {FAST}, panda_task=PrunTask(
         exec='gen.sh %RNDM:1', out_ds='{prefix}generate', outputs=['evt.root', 'aux.txt'], n_jobs=2))
-    prun = SubmitTaskOperator(task_id='prun', {FAST}, task=PrunTask(
+    prun = SubmitTaskOperator(task_id='prun', {FAST}, panda_task=PrunTask(
         exec='ana.sh %IN', in_ds="{FILTER}", out_ds='{prefix}prun', n_files_per_job=1))
     raw = SubmitTaskOperator(task_id='raw', {FAST}, task_params={raw_consumer(prefix + 'raw', FILTER)!r})
 
@@ -98,7 +98,7 @@ def test_mapped_producer_feeds_every_map_index_in_order(panda_server):
     prefix = f"user.alice.mapchain.{tag}."
     body = f"""
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     @task.panda({FAST}, if_exists='adopt')
     def generate(seed: int) -> PrunTask:
@@ -108,10 +108,10 @@ def test_mapped_producer_feeds_every_map_index_in_order(panda_server):
     made = generate.expand(seed={SEEDS!r})
 
     # unmapped consumer
-    analyse = SubmitTaskOperator(task_id='analyse', {FAST}, task=PrunTask(
+    analyse = SubmitTaskOperator(task_id='analyse', {FAST}, panda_task=PrunTask(
         exec='ana.sh %IN', in_ds="{FILTER}", out_ds='{prefix}analyse', n_files_per_job=1))
     # mapped consumers: builders as dicts of fields, hand-written maps, and TaskFlow
-    sweep = SubmitTaskOperator.partial(task_id='sweep', {FAST}).expand(task=[
+    sweep = SubmitTaskOperator.partial(task_id='sweep', {FAST}).expand(panda_task=[
         dict(exec=f'ana.sh --cut {{cut}} %IN', in_ds="{FILTER}", out_ds=f'{prefix}sweep.{{cut}}', n_files_per_job=1)
         for cut in (1, 2)])
     raw = SubmitTaskOperator.partial(task_id='raw', {FAST}).expand(
@@ -156,7 +156,7 @@ def test_in_ds_from_an_upstream_list_xcom(panda_server, returns, native):
     body = f"""
     import json
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     dag.render_template_as_native_obj = {native}
     DATASETS = {DATASETS!r}
@@ -165,7 +165,7 @@ def test_in_ds_from_an_upstream_list_xcom(panda_server, returns, native):
     def pick():
         return {returns}
 
-    pick() >> SubmitTaskOperator(task_id='analyse', {FAST}, task=PrunTask(
+    pick() >> SubmitTaskOperator(task_id='analyse', {FAST}, panda_task=PrunTask(
         exec='ana.sh %IN', in_ds="{{{{ ti.xcom_pull(task_ids='pick') }}}}", out_ds='{prefix}analyse',
         n_files_per_job=1))
     """
@@ -226,13 +226,13 @@ def test_malformed_in_ds_from_an_upstream_fails_before_any_request(panda_server,
     before = panda_server.panda.requests["task/submit"]
     body = f"""
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     @task
     def pick():
         return {{'user.alice:user.alice.a/': 1}}
 
-    pick() >> SubmitTaskOperator(task_id='analyse', {FAST}, task=PrunTask(
+    pick() >> SubmitTaskOperator(task_id='analyse', {FAST}, panda_task=PrunTask(
         exec='ana.sh %IN', in_ds="{{{{ ti.xcom_pull(task_ids='pick') }}}}", out_ds='user.alice.bad.{uuid4().hex[:8]}',
         n_files_per_job=1))
     """
@@ -247,13 +247,13 @@ def test_filter_on_a_task_that_pushed_nothing_names_it(panda_server, capfd):
     before = panda_server.panda.requests["task/submit"]
     body = f"""
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     @task
     def generate():
         return 1
 
-    generate() >> SubmitTaskOperator(task_id='analyse', {FAST}, task=PrunTask(
+    generate() >> SubmitTaskOperator(task_id='analyse', {FAST}, panda_task=PrunTask(
         exec='ana.sh %IN', in_ds="{FILTER}", out_ds='user.alice.nothing.{uuid4().hex[:8]}', n_files_per_job=1))
     """
     run = run_dag(body)

@@ -36,9 +36,9 @@ def asset_events(uri: str) -> list[dict]:
 def prun_body(out_ds: str, outlets: str, extra: str = "", outcome_tag: str = "") -> str:
     return f"""
 from airflow.sdk import Asset, AssetAlias
-from airflow_provider_panda.tasks import PrunTask
+from airflow_provider_panda.builder import PrunTask
 SubmitTaskOperator(task_id='produce', {FAST}, {extra}
-    task=PrunTask(exec='make %RNDM:1', out_ds='{out_ds}', outputs=['out.txt', 'hist.root'], n_jobs=4),
+    panda_task=PrunTask(exec='make %RNDM:1', out_ds='{out_ds}', outputs=['out.txt', 'hist.root'], n_jobs=4),
     outlets={outlets})
 """
 
@@ -93,7 +93,7 @@ def test_no_outlets_no_events_but_xcom(panda_server):
 def test_hook_reads_datasets_files_and_details(panda_server, hook):
     from conftest import wait_status
 
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     out_ds = f"user.alice.hook.{uuid.uuid4().hex[:10]}"
     task_id = hook.submit_task(PrunTask(exec="x", out_ds=out_ds, outputs=["a.txt"], n_jobs=2).to_params())

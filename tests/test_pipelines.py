@@ -245,7 +245,7 @@ def test_after_command_is_checked_before_anything_runs():
 
 
 def test_a_dry_run_recovery_has_nothing_to_wait_for():
-    from airflow_provider_panda.operators.task import FileRecoveryOperator
+    from airflow_provider_panda.operators import FileRecoveryOperator
 
     with pytest.raises(PandaInputError, match="nothing to wait"):
         FileRecoveryOperator(task_id="r", jedi_task_id=1, dry_run=True, wait_for_completion=True)
@@ -274,18 +274,19 @@ def test_a_mapped_pipeline_composed_from_the_readme(panda_server):
     outputs. The retried tasks' waits look past their old statuses; nothing is registered."""
     tags = ["ok", "flaky", "lost"]
     run = run_dag("""
-        from airflow_provider_panda.tasks import PrunTask
+        from airflow_provider_panda.builder import PrunTask
 
         def task(tag):
             return PrunTask(exec="echo hi", out_ds="user.alice.compose." + tag + ".{{ ts_nodash }}",
                             outputs=["out.txt"], n_jobs=2, vo="atlas", site="TEST_SITE", max_attempt=1)
 
-        gen = SubmitTaskOperator.partial(task_id="gen", wait_for_completion=False).expand(task=[task(t) for t in $tags])
+        gen = SubmitTaskOperator.partial(task_id="gen", wait_for_completion=False).expand(
+            panda_task=[task(t) for t in $tags])
         wait = TaskStatusSensor.partial(task_id="wait", deferrable=True, poke_interval=0.2).expand(
             jedi_task_id=gen.output)
         retry = RetryTaskOperator.partial(task_id="retry", trigger_rule="all_done").expand(jedi_task_id=gen.output)
         again = TaskStatusSensor.partial(task_id="again", poke_interval=0.2).expand(jedi_task_id=gen.output)
-        merge = SubmitTaskOperator(task_id="merge", poll_interval=0.2, task=PrunTask(
+        merge = SubmitTaskOperator(task_id="merge", poll_interval=0.2, panda_task=PrunTask(
             exec="merge.sh %IN", in_ds="{{ ti | panda_outputs('again') }}", outputs=["all.txt"],
             out_ds="user.alice.compose.merged.{{ ts_nodash }}", vo="atlas", site="TEST_SITE"))
         wait >> retry >> again >> merge

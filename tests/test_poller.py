@@ -9,7 +9,7 @@ import pytest
 from conftest import params_with_outcomes, wait_status
 
 from airflow_provider_panda.triggers.poller import SharedPoller
-from airflow_provider_panda.triggers.task import PandaTaskTrigger
+from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
 INTERVAL = 0.3
 

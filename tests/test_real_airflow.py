@@ -230,7 +230,7 @@ CRASH_DAG = '''
 import os, time
 from datetime import datetime, timedelta
 from airflow.sdk import DAG
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 MARKS = os.environ["PANDA_CRASH_MARKS"]
 
@@ -342,7 +342,7 @@ def test_sigkill_at_each_step_leaves_one_panda_task(tmp_path, slow_server):
 ACTIONS_DAG = '''
 from datetime import datetime
 from airflow.sdk import DAG
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators import SubmitTaskOperator
 
 
 def params(step):

@@ -1,5 +1,5 @@
 """Builder tasks on the real panda-server + JEDI (``REAL_PANDA=1``): a no-input task and one with a
-sandbox, submitted by SubmitTaskOperator(task=PrunTask(...)) in real DAG runs; a stand-in pilot takes
+sandbox, submitted by SubmitTaskOperator(panda_task=PrunTask(...)) in real DAG runs; a stand-in pilot takes
 their jobs (checking the sandbox reached them) and ends them, and JEDI brings the tasks to ``done``."""
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def pilot_for(backend: RealBackend, task_name: str) -> threading.Thread:
 def builder_source(out_ds: str, exec: str = "echo hello from the builder", **fields: object) -> str:
     """A SubmitTaskOperator with a PrunTask for the real server's test queue (VO wlcg, as the contract's)."""
     extra = "".join(f", {k}={v!r}" for k, v in fields.items())
-    return ("from airflow_provider_panda.tasks import PrunTask\n"
-            f"SubmitTaskOperator(task_id='submit', deferrable=True, poll_interval=1, task=PrunTask(\n"
+    return ("from airflow_provider_panda.builder import PrunTask\n"
+            f"SubmitTaskOperator(task_id='submit', deferrable=True, poll_interval=1, panda_task=PrunTask(\n"
             f"    exec={exec!r}, out_ds={out_ds!r}, n_events={N_JOBS}, n_events_per_job=1,\n"
             f"    site='TEST_SITE', cloud='WORLD', vo='wlcg', memory=2000, max_attempt=1{extra}))\n")
 

@@ -196,7 +196,7 @@ def test_finish_operator_ends_a_running_task(backend, hook):
     the task ends ``failed`` (nothing succeeded); a second finish finds it ended and succeeds."""
     task_id = hook.submit_task(backend.task_params("finishop"))
     wait_status(backend, hook, task_id, {"running"})
-    run = run_dag(f"FinishTaskOperator(task_id='finish', jedi_task_id={task_id}, wait_for_termination=True, {POLL})")
+    run = run_dag(f"FinishTaskOperator(task_id='finish', jedi_task_id={task_id}, wait_for_completion=True, {POLL})")
     assert run.states == {"finish": "success"} and run.xcom("finish") == task_id
     info = task_info(backend, task_id)
     assert (info["status"], info["attemptNr"]) == ("failed", 0)
@@ -210,7 +210,7 @@ def test_finish_operator_ends_a_running_task(backend, hook):
 
 def test_kill_to_aborted(backend, hook):
     task_id = hook.submit_task(backend.task_params("flowkill"))
-    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_termination=True, {POLL})")
+    run = run_dag(f"KillTaskOperator(task_id='kill', jedi_task_id={task_id}, wait_for_completion=True, {POLL})")
     assert run.states == {"kill": "success"} and run.xcom("kill") == task_id
     assert task_info(backend, task_id)["status"] == "aborted"
 

@@ -125,7 +125,7 @@ class Watcher(threading.Thread):
 
 
 #: The loggers of the sensor's waits: its pokes and its trigger (not the command operators' own reads).
-SENSOR_LOGGERS = r"sensors\.task\.TaskStatusSensor|triggers\.task\.PandaTaskTrigger"
+SENSOR_LOGGERS = r"sensors\.status\.TaskStatusSensor|triggers\.wait\.PandaTaskTrigger"
 
 
 def sensor_readings(output: str, task_id: int) -> list[tuple[float, str]]:

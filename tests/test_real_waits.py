@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("REAL_PANDA") != "1", reason="nee
 @pytest.mark.parametrize("shared", [True, False], ids=["shared poller", "own reads"])
 def test_real_a_back_dated_status_ends_the_wait(backend, hook, shared):
     from airflow_provider_panda.triggers import poller
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
     from integration.real_panda.harness import backdate_status
 
     task_id = hook.submit_task(backend.task_params("realbackdate"))

@@ -37,7 +37,7 @@ from airflow_provider_panda import calls, masking, transport
 from airflow_provider_panda.exceptions import PandaError
 from airflow_provider_panda.hooks.panda import AsyncPandaClient, PandaHook
 from airflow_provider_panda.testing.server import LocalPandaServer
-from airflow_provider_panda.triggers.task import PandaTaskTrigger
+from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
 SOURCES = ["password", "token", "token_file", "token_file_json", "refresh", "proxy"]
 LOG = logging.getLogger("airflow_provider_panda.tests.secrets")

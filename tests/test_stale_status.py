@@ -105,7 +105,7 @@ def test_auto_retry_sees_each_new_failure(panda_server, capfd, deferrable):
 def test_trigger_keeps_waiting_while_the_retry_is_not_processed(hook, panda_server):
     """JEDI has not acted on the retry (clock frozen): the old ``failed`` must not end the wait;
     once it acts and the task runs to done, the trigger fires success."""
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["failed", "done"], "trigstale2"))
     wait_status(hook, task_id, {"failed"})

@@ -1,4 +1,4 @@
-"""The typed task builder (``airflow_provider_panda.tasks``): its map equals what prun (panda-client 2.2.0)
+"""The typed task builder (``airflow_provider_panda.builder``): its map equals what prun (panda-client 2.2.0)
 builds for the same options; bad inputs fail clearly before any request; the operator and the decorator
 submit builder tasks, with their sandbox, against the local server."""
 
@@ -17,8 +17,8 @@ import pytest
 from airflow_runs import run_dag
 
 from airflow_provider_panda import api
+from airflow_provider_panda.builder import PrunTask, SecondaryInput, build_task_params, pack_sandbox
 from airflow_provider_panda.exceptions import PandaInputError
-from airflow_provider_panda.tasks import PrunTask, SecondaryInput, build_task_params, pack_sandbox
 
 WITNESS = Path(__file__).with_name("prun_witness.py")
 SERVER = "https://pandaserver.example:25443"
@@ -295,8 +295,8 @@ def test_operator_submits_a_templated_builder_with_a_sandbox(_conn, panda_server
     work.mkdir()
     (work / "run.sh").write_text("echo from the sandbox\n")
     body = f"""
-    from airflow_provider_panda.tasks import PrunTask
-    SubmitTaskOperator(task_id="submit", poll_interval=0.05, task=PrunTask(
+    from airflow_provider_panda.builder import PrunTask
+    SubmitTaskOperator(task_id="submit", poll_interval=0.05, panda_task=PrunTask(
         exec="sh run.sh %RNDM:5", out_ds="user.alice.builder.{{{{ ti.task_id }}}}.{{{{ ts_nodash }}}}{uuid4().hex[:6]}",
         outputs=["result.json"], n_events=4, n_events_per_job=2, sandbox={str(work)!r}, site="{{{{ 'TEST_SITE' }}}}",
         vo="atlas"))
@@ -309,32 +309,32 @@ def test_operator_submits_a_templated_builder_with_a_sandbox(_conn, panda_server
     assert task.params["cliParams"].startswith('prun --exec "sh run.sh %RNDM:5" --outDS user.alice.builder.submit.')
     archive = next(i["value"][3:] for i in task.params["jobParameters"] if i["value"].startswith("-a "))
     assert archive in panda_server.panda.handlers.cache
-    shown = _rendered_fields(run, "submit")["task"]  # the UI shows the rendered fields as JSON
+    shown = _rendered_fields(run, "submit")["panda_task"]  # the UI shows the rendered fields as JSON
     assert shown["out_ds"] == task.name[:-1] and shown["outputs"] == ["result.json"]
 
 
 def test_operator_takes_the_builder_as_a_dict(_conn, panda_server):
     fields = {"exec": "echo dict", "out_ds": "user.alice.dictform.{{ ts_nodash }}", "n_jobs": "{{ 1 + 1 }}"}
-    run = run_dag(f"SubmitTaskOperator(task_id='submit', poll_interval=0.05, task={fields!r})")
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', poll_interval=0.05, panda_task={fields!r})")
     assert run.states == {"submit": "success"}
     [task] = [t for t in panda_server.sim.tasks.values() if t.name.startswith("user.alice.dictform.")]
     assert task.params["noInput"] is True and task.params["nEvents"] == 2
 
 
 def test_operator_needs_exactly_one_description():
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.operators import SubmitTaskOperator
 
-    with pytest.raises(PandaInputError, match="either task_params or task"):
+    with pytest.raises(PandaInputError, match="either panda_task .a PrunTask. or task_params"):
         SubmitTaskOperator(task_id="neither")
-    with pytest.raises(PandaInputError, match="either task_params or task"):
-        SubmitTaskOperator(task_id="both", task_params={"taskName": "x"}, task=PrunTask(**GOOD))
+    with pytest.raises(PandaInputError, match="either panda_task .a PrunTask. or task_params"):
+        SubmitTaskOperator(task_id="both", task_params={"taskName": "x"}, panda_task=PrunTask(**GOOD))
     with pytest.raises(PandaInputError, match="n_jobs"):
-        SubmitTaskOperator(task_id="bad", task=dict(GOOD, n_jobs=0))
+        SubmitTaskOperator(task_id="bad", panda_task=dict(GOOD, n_jobs=0))
 
 
 def test_bad_rendered_name_fails_the_task_before_any_request(_conn, panda_server):
     before = panda_server.panda.requests["task/submit"]
-    run = run_dag("SubmitTaskOperator(task_id='submit', task={'exec': 'echo', 'out_ds': '{{ \"no.prefix\" }}'})")
+    run = run_dag("SubmitTaskOperator(task_id='submit', panda_task={'exec': 'echo', 'out_ds': '{{ \"no.prefix\" }}'})")
     assert run.states == {"submit": "failed"}
     assert panda_server.panda.requests["task/submit"] == before
 
@@ -343,7 +343,7 @@ def test_decorator_submits_the_builder_the_function_returns(_conn, panda_server)
     tag = uuid4().hex[:8]
     body = """
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     @task.panda(poll_interval=0.05)
     def simulate(seed: int, ti=None) -> PrunTask:
@@ -363,7 +363,7 @@ def test_decorator_submits_the_builder_the_function_returns(_conn, panda_server)
     assert task.status == "done" and run.xcom("simulate") == task.task_id
     assert task.params["cliParams"].startswith('prun --exec "gen --seed 7 %RNDM:1"')
     assert task.params["nEvents"] == 3 and "user.alice.$JEDITASKID._${SN/P}.evt.root" in json.dumps(task.params)
-    assert _rendered_fields(run, "simulate")["task"]["outputs"] == ["evt.root"]  # rendered, shown as JSON
+    assert _rendered_fields(run, "simulate")["panda_task"]["outputs"] == ["evt.root"]  # rendered, shown as JSON
     assert [t.name for t in panda_server.sim.tasks.values() if t.name == f"user.alice.deco_raw.{tag}"]
 
 
@@ -387,7 +387,7 @@ def test_operator_takes_builders_from_an_upstream_task_and_maps_over_them(_conn,
     tag = uuid4().hex[:8]
     body = """
     from airflow.sdk import task
-    from airflow_provider_panda.tasks import PrunTask
+    from airflow_provider_panda.builder import PrunTask
 
     @task
     def one():
@@ -397,8 +397,8 @@ def test_operator_takes_builders_from_an_upstream_task_and_maps_over_them(_conn,
     def many():
         return [{"exec": f"echo {i}", "out_ds": f"user.alice.up.$tag.m{i}", "n_jobs": i + 1} for i in range(3)]
 
-    SubmitTaskOperator(task_id="single", task=one(), poll_interval=0.05)
-    SubmitTaskOperator.partial(task_id="mapped", poll_interval=0.05).expand(task=many())
+    SubmitTaskOperator(task_id="single", panda_task=one(), poll_interval=0.05)
+    SubmitTaskOperator.partial(task_id="mapped", poll_interval=0.05).expand(panda_task=many())
     """
     run_dag(body, tag=tag)
     names = sorted(t.name for t in panda_server.sim.tasks.values() if f".up.{tag}." in t.name)
@@ -418,7 +418,7 @@ def test_example_dags_describe_their_tasks_with_the_builder(monkeypatch, dag_id,
     except ImportError:  # Airflow 3.1
         from airflow.models.dagbag import DagBag
 
-    from airflow_provider_panda.operators.task import SubmitTaskOperator
+    from airflow_provider_panda.operators import SubmitTaskOperator
 
     examples = Path(__file__).resolve().parent.parent / "example_dags"
     monkeypatch.syspath_prepend(str(examples))
@@ -426,10 +426,35 @@ def test_example_dags_describe_their_tasks_with_the_builder(monkeypatch, dag_id,
     assert not bag.import_errors
     dag = bag.dags[dag_id]
     submits = [t for t in dag.tasks if isinstance(t, SubmitTaskOperator)]
-    assert submits and all(isinstance(t.task, PrunTask) and t.task_params is None for t in submits)
+    assert submits and all(isinstance(t.panda_task, PrunTask) and t.task_params is None for t in submits)
     for op in submits:
         context = {"params": dict(dag.params), "dag": dag, "ti": SimpleNamespace(task_id=op.task_id),
                    "dag_run": SimpleNamespace(run_after=datetime(2026, 11, 29, 1, 2, 3, 456789))}
-        params = PrunTask.from_dict(op.task.resolve(context)).to_params(sandbox_name=None)
+        params = PrunTask.from_dict(op.panda_task.resolve(context)).to_params(sandbox_name=None)
         assert params["taskName"] == f"user.alice.airflow.{dag_id}.{op.task_id}.{tag}.20261129T010203456789/"
         assert params["site"] == "TEST_SITE" and params["nEvents"] == 10 and params["nEventsPerJob"] == 5
+
+
+def test_the_old_names_still_work_and_say_the_new_ones():
+    """``task=`` (now ``panda_task=``) and the old module paths keep a DAG written for 0.1 parsing."""
+    from airflow_provider_panda.operators import KillTaskOperator, SubmitTaskOperator
+
+    with pytest.warns(DeprecationWarning, match=r"task=...\) is deprecated: use panda_task"):
+        op = SubmitTaskOperator(task_id="old", task=PrunTask(**GOOD))
+    assert isinstance(op.panda_task, PrunTask)
+    with pytest.warns(DeprecationWarning, match="use wait_for_completion"):
+        kill = KillTaskOperator(task_id="kill", jedi_task_id=1, wait_for_termination=True)
+    assert kill.wait_for_completion is True
+    with pytest.raises(PandaInputError, match="not both"):
+        KillTaskOperator(task_id="both", jedi_task_id=1, wait_for_termination=True, wait_for_completion=True)
+
+
+def test_arguments_without_effect_warn_at_parse_time():
+    from airflow_provider_panda.operators import FileRecoveryOperator, KillTaskOperator, RetryTaskOperator
+
+    with pytest.warns(UserWarning, match="RetryTaskOperator: cancel_on_kill=True has no effect here"):
+        assert RetryTaskOperator(task_id="r", jedi_task_id=1, cancel_on_kill=True).cancel_on_kill is False
+    with pytest.warns(UserWarning, match="on_timeout='kill' has no effect here"):
+        assert KillTaskOperator(task_id="k", jedi_task_id=1, on_timeout="kill").on_timeout == "fail"
+    with pytest.warns(UserWarning, match="deferrable=True has no effect here"):
+        FileRecoveryOperator(task_id="f", jedi_task_id=1, deferrable=True)

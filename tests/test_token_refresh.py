@@ -148,7 +148,7 @@ def test_a_deferred_wait_outlives_an_idp_outage(short_tokens, monkeypatch, idp):
     """Waits in the triggerer keep going while the IdP fails and the token is still valid."""
     import asyncio
 
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     server = short_tokens
     hook = PandaHook(refresh_conn(server, monkeypatch, "panda_default", lifetime=4))
@@ -190,7 +190,7 @@ def test_a_token_changed_in_the_connection_reaches_running_waits(panda_server, m
     import time
 
     from airflow_provider_panda.hooks import panda as hook_module
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     monkeypatch.setattr(hook_module, "RELOAD_EVERY", 0.3)
     conn = panda_server.connection(retry_wait=0.01, max_retries=0)

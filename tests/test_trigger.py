@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import params_with_outcomes, task_params, wait_status
 
-from airflow_provider_panda.triggers.task import PandaTaskTrigger
+from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
 
 @pytest.fixture(autouse=True)
@@ -261,6 +261,6 @@ def test_on_kill_keeps_within_the_triggerers_budget(hook, panda_server, monkeypa
     panda_server.panda.faults.append("slow:30@task/kill")  # the kill acts, its answer comes 30 s late
     capsys.readouterr()
     started = time.monotonic()
-    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id).on_kill(), 20))
+    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill(), 20))
     assert time.monotonic() - started < 10  # within the budget (plus a loaded machine's start-up), not 30 s
     assert f"PanDA task {task_id} may not be killed" in "".join(capsys.readouterr())

@@ -1,6 +1,6 @@
 """``@task.panda``: a TaskFlow function that describes a PanDA task; the task is submitted and waited on.
 
-The function returns a :class:`~airflow_provider_panda.tasks.PrunTask` (or a dict of its fields, or a
+The function returns a :class:`~airflow_provider_panda.builder.PrunTask` (or a dict of its fields, or a
 raw task parameter map with a ``taskName``); the decorator runs it as :class:`SubmitTaskOperator` does,
 with the same guarantees: checks before any request, the sandbox uploaded, one PanDA task per run
 across Airflow retries, deferrable waits, automatic PanDA retries. Its arguments are the operator's::
@@ -17,16 +17,10 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
-from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
-from airflow.sdk.definitions.context import context_merge
 
-try:
-    from airflow.sdk.bases.decorator import determine_kwargs
-except ImportError:  # Airflow 3.1 keeps it in airflow.utils
-    from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef]
-
+from airflow_provider_panda.compat import SET_DURING_EXECUTION, context_merge, determine_kwargs
 from airflow_provider_panda.exceptions import PandaInputError
-from airflow_provider_panda.operators.task import SubmitTaskOperator
+from airflow_provider_panda.operators.submit import SubmitTaskOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,7 +30,7 @@ if TYPE_CHECKING:
 class _PandaDecoratedOperator(DecoratedOperator, SubmitTaskOperator):
     """Runs the function for the task description, then submits and waits as SubmitTaskOperator."""
 
-    template_fields: Sequence[str] = (*DecoratedOperator.template_fields, "task", "retry_new_params",
+    template_fields: Sequence[str] = (*DecoratedOperator.template_fields, "panda_task", "retry_new_params",
                                       "parent_task_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {
         **DecoratedOperator.template_fields_renderers, **SubmitTaskOperator.template_fields_renderers}
@@ -45,24 +39,24 @@ class _PandaDecoratedOperator(DecoratedOperator, SubmitTaskOperator):
 
     def __init__(self, *, python_callable: Callable, op_args: Collection[Any] | None = None,
                  op_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        if "task" in kwargs or "task_params" in kwargs:
+        if {"panda_task", "task", "task_params"} & set(kwargs):
             raise PandaInputError("@task.panda takes the task from the function's return value, "
-                                  "not from task= or task_params=")
+                                  "not from panda_task= or task_params=")
         super().__init__(python_callable=python_callable, op_args=op_args, op_kwargs=op_kwargs,
                          task_params="{}", **kwargs)
         self.task_params = None
-        self.task = SET_DURING_EXECUTION
+        self.panda_task = SET_DURING_EXECUTION
 
     def execute(self, context: Context) -> Any:
         context_merge(context, self.op_kwargs)
         kwargs = determine_kwargs(self.python_callable, self.op_args, context)
         described = self.python_callable(*self.op_args, **kwargs)
         if isinstance(described, Mapping) and "taskName" in described:
-            self.task, self.task_params = None, dict(described)  # a raw task parameter map
+            self.panda_task, self.task_params = None, dict(described)  # a raw task parameter map
         else:
-            from airflow_provider_panda.tasks import as_task
+            from airflow_provider_panda.builder import as_task
 
-            self.task = as_task(described)
+            self.panda_task = as_task(described)
         self.render_template_fields(context)
         return super().execute(context)
 

@@ -45,7 +45,7 @@ def run_soak(connection: dict, cycles: int = 100, fault_rate: float = 0.2, concu
              poll_interval: float = 0.2, timeout: float = 1.0) -> SoakResult:
     """Run ``cycles`` submit-and-wait cycles against a local server whose connection is given."""
     from airflow_provider_panda.hooks.panda import PandaHook
-    from airflow_provider_panda.triggers.task import PandaTaskTrigger
+    from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     url = connection["host"]
     conn = {**connection, "extra": {**connection["extra"], "timeout": timeout, "retry_wait": 0.05, "max_retries": 6}}

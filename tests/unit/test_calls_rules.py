@@ -13,6 +13,7 @@ import pytest
 
 from airflow_provider_panda import api, calls
 from airflow_provider_panda.api import CommandCode, SubmitCode
+from airflow_provider_panda.arguments import number_in_range  # noqa: E402
 from airflow_provider_panda.exceptions import (
     PandaCallFailed,
     PandaCommandRejected,
@@ -23,20 +24,6 @@ from airflow_provider_panda.exceptions import (
     PandaResponseError,
 )
 from airflow_provider_panda.testing import messages
-
-
-def _range_check():
-    """The range check: ``calls.finite`` until it is renamed ``number_in_range`` (maybe moved to
-    :mod:`airflow_provider_panda.arguments`)."""
-    found = getattr(calls, "number_in_range", None) or getattr(calls, "finite", None)
-    if found is None:
-        from airflow_provider_panda import arguments
-
-        found = arguments.number_in_range
-    return found
-
-
-number_in_range = _range_check()
 
 
 def env(success: bool, message: str = "", data: Any = None) -> dict[str, Any]:
@@ -291,8 +278,8 @@ def test_a_status_answer_is_the_status():
 
 def test_an_unknown_task_is_not_found():
     with pytest.raises(PandaNotFoundError) as info:
-        calls.get_task_status(1).interpret(env(False, api.MESSAGE_TASK_NOT_FOUND))
-    assert info.value.server_message == api.MESSAGE_TASK_NOT_FOUND
+        calls.get_task_status(1).interpret(env(False, messages.MESSAGE_TASK_NOT_FOUND))
+    assert info.value.server_message == messages.MESSAGE_TASK_NOT_FOUND
 
 
 def test_an_answer_of_the_wrong_type_is_a_response_error():
@@ -309,7 +296,7 @@ def test_an_answer_of_the_wrong_type_is_a_response_error():
     (api.MESSAGE_PROD_ROLE, PandaPermissionError),
     ("Task not found", PandaNotFoundError),
     ("jediTaskID=5 NOT FOUND", PandaNotFoundError),
-    (api.MESSAGE_NO_DETAILS, PandaNotFoundError),
+    (messages.MESSAGE_NO_DETAILS, PandaNotFoundError),
     ("database error", PandaCallFailed),
 ])
 def test_a_failed_answer_becomes_its_typed_error(message, kind):
@@ -421,9 +408,10 @@ def test_tasks_modified_since_must_be_a_dict():
 
 def test_a_recovery_request_answers_its_log_url():
     call = calls.send_file_recovery_request(5)
-    assert call.interpret(env(True, api.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": "https://c/log"})) == "https://c/log"
+    answer = env(True, messages.MESSAGE_RECOVERY_ACCEPTED, {"logFileURL": "https://c/log"})
+    assert call.interpret(answer) == "https://c/log"
     with pytest.raises(PandaResponseError, match="logFileURL"):
-        call.interpret(env(True, api.MESSAGE_RECOVERY_ACCEPTED, {}))
+        call.interpret(env(True, messages.MESSAGE_RECOVERY_ACCEPTED, {}))
 
 
 def test_a_task_without_datasets_of_those_types_has_none():

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_panda import marks
+from airflow_provider_panda import marks, xcom
 from airflow_provider_panda.exceptions import PandaInputError, PandaNotFoundError, PandaServerError
 from airflow_provider_panda.waiting import StaleMark
 
@@ -127,11 +127,11 @@ def test_a_mark_is_published_with_its_task_id_under_the_command_key(clock):
     ti = TI()
     taken = StaleMark.of("failed", {"attemptNr": 1}, "retry")
     marks.publish({"ti": ti}, TASK, taken)
-    assert ti.pushed == [(marks.COMMAND_KEY, {"jedi_task_id": TASK, **taken.to_dict()})]
+    assert ti.pushed == [(xcom.COMMAND_MARK, {"jedi_task_id": TASK, **taken.to_dict()})]
 
 
 def test_the_command_key_is_the_documented_one():
-    assert marks.COMMAND_KEY == "panda_command"
+    assert xcom.COMMAND_MARK == "panda_command"
 
 
 # --- upstream_mark ------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def test_a_mark_from_a_command_operator_directly_upstream_is_found():
     wait = Node("wait", [retry])
     ti = TI({"retry": mark()})
     assert marks.upstream_mark(wait, {"ti": ti}, TASK) == StaleMark.load(mark())
-    assert ti.pulled == [("retry", marks.COMMAND_KEY)]
+    assert ti.pulled == [("retry", xcom.COMMAND_MARK)]
 
 
 def test_a_mark_from_a_command_operator_further_upstream_is_found():
@@ -179,7 +179,7 @@ def test_a_diamond_upstream_is_walked_and_asked_once_per_operator():
     wait = Node("wait", [Node("left", [retry]), Node("right", [retry])])
     ti = TI({"retry": mark()})
     marks.upstream_mark(wait, {"ti": ti}, TASK)
-    assert ti.pulled == [("retry", marks.COMMAND_KEY)]
+    assert ti.pulled == [("retry", xcom.COMMAND_MARK)]
     assert CountingNode.walked == 1
 
 
@@ -214,7 +214,7 @@ def test_a_pulled_value_without_a_status_is_ignored():
 def test_after_command_task_ids_are_asked_even_when_not_upstream():
     ti = TI({"elsewhere": mark()})
     assert marks.upstream_mark(Node("wait"), {"ti": ti}, TASK, after_command=("elsewhere",)) is not None
-    assert ti.pulled == [("elsewhere", marks.COMMAND_KEY)]
+    assert ti.pulled == [("elsewhere", xcom.COMMAND_MARK)]
 
 
 def test_an_after_command_mark_is_weighed_with_the_upstream_ones():

@@ -8,14 +8,10 @@ from typing import Any
 
 import pytest
 
-try:
-    from airflow_provider_panda.builder import prun
-except ImportError:  # before the package was renamed
-    from airflow_provider_panda.tasks import prun
-
+from airflow_provider_panda.builder import prun
+from airflow_provider_panda.builder.prun import PrunTask, SecondaryInput
 from airflow_provider_panda.exceptions import PandaInputError
 
-PrunTask, SecondaryInput = prun.PrunTask, prun.SecondaryInput
 GOOD: dict[str, Any] = {"exec": "echo hi", "out_ds": "user.alice.unit"}
 SOURCE = "https://pandacache.example:25443"
 

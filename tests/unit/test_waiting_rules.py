@@ -38,7 +38,7 @@ from airflow_provider_panda.waiting import (
 TASK = 4242
 GRACE = waiting.NOT_FOUND_GRACE
 #: StaleMark's reader of a stored mark (``from_dict`` if it gets that name, ``load`` today).
-load_mark = getattr(StaleMark, "from_dict", None) or StaleMark.load
+load_mark = StaleMark.load
 
 
 def details(status: str, attempt: int = 1, changed: Any = "2024-05-01 10:00:00", dialog: str | None = None,

@@ -10,8 +10,8 @@ from airflow_provider_panda import api
 from airflow_provider_panda.exceptions import PandaInputError
 
 if TYPE_CHECKING:
+    from airflow_provider_panda.builder.prun import PrunTask
     from airflow_provider_panda.hooks.panda import PandaHook
-    from airflow_provider_panda.tasks.prun import PrunTask
 
 
 def pack_sandbox(directory: str | os.PathLike[str], build: bool = False, target_dir: str | None = None) -> str:
