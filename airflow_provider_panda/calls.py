@@ -57,7 +57,7 @@ def check_id(value: Any, what: str = "jedi_task_id") -> int:
 
 def as_task_id(value: Any, what: str = "jedi_task_id") -> int:
     """A jediTaskID from an int or a rendered template string such as ``"12345"``."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
     return check_id(value, what)
 
@@ -164,7 +164,7 @@ def _submit(env: dict[str, Any]) -> int:
         if task_id is None:
             raise PandaResponseError(f"submission accepted but no jediTaskID in the answer: {message!r:.200}")
         return task_id
-    if isinstance(code, int) and code in api.SUBMIT_DUPLICATE_CODES:
+    if isinstance(code, int) and not isinstance(code, bool) and code in api.SUBMIT_DUPLICATE_CODES:
         raise PandaDuplicateTaskError(code, message, api.task_id_in_message(message))
     if isinstance(code, int) and not isinstance(code, bool):
         raise PandaCommandRejected(code, message, api.task_id_in_message(message))

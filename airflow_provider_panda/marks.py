@@ -48,11 +48,11 @@ def check_after_command(value: Any) -> tuple[str, ...] | dict[str, Any]:
             raise PandaInputError(f"after_command as a dict must be a {xcom.COMMAND_MARK!r} XCom (with a 'status'), "
                                   f"got {value!r:.80}")
         return value
-    ids = (value,) if isinstance(value, str) else value
-    if not isinstance(ids, Iterable) or not all(isinstance(i, str) and i for i in ids):
+    ids = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, Iterable) else value
+    if not isinstance(ids, tuple) or not all(isinstance(i, str) and i for i in ids):
         raise PandaInputError(f"after_command must be the task_id of the Airflow task that sent the command "
                               f"(or a list of them), got {value!r:.80}")
-    return tuple(ids)
+    return ids
 
 
 def _command_ancestors(task: Any) -> list[str]:

@@ -31,6 +31,7 @@ _DS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*/?")  # Rucio DID names (ATLA
 _IN_DS_NAME = re.compile(r"([A-Za-z0-9._\-]+:)?[A-Za-z0-9*][A-Za-z0-9._\-*]*/?")  # scope:name, wildcards allowed
 _USER_PREFIX = re.compile(r"user\.([A-Za-z0-9_\-]+)\.[A-Za-z0-9_\-]")
 _WORD = re.compile(r"[A-Za-z0-9_\-]+")
+_DOTTED_WORD = re.compile(r"[A-Za-z0-9_\-]+([.:][A-Za-z0-9_\-]+)*")  # cloud, working group: words joined by . or :
 _VO = re.compile(r"[a-z][a-z0-9_\-.]*")
 _STREAM = re.compile(r"[A-Z][A-Z0-9_]*")
 _PLACEHOLDER = re.compile(r"%([A-Z][A-Z0-9_]+)")
@@ -199,8 +200,7 @@ class PrunTask:
             raise PandaInputError(f"secondary stream names must be unique, got {streams}")
         for name in ("cloud", "working_group"):
             value = getattr(self, name)
-            if value is not None and ready(value) and not (isinstance(value, str) and _WORD.fullmatch(
-                    value.split(".")[0].split(":")[0])):
+            if value is not None and ready(value) and not (isinstance(value, str) and _DOTTED_WORD.fullmatch(value)):
                 raise PandaInputError(f"{name} must be a name of letters, digits, _ or -, got {value!r:.60}")
         for site in self._sites() + list(self._excluded()):
             if ready(site) and not _WORD.fullmatch(site):

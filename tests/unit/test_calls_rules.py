@@ -482,15 +482,11 @@ def test_a_range_check_has_no_upper_end_by_default():
 # --- known bugs, pinned (strict: each turns into a failure once fixed, so the pin is removed) -------
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG calls.as_task_id: str.isdigit() accepts '²', "
-                   "which int() refuses: a bare ValueError escapes instead of PandaInputError")
 def test_a_superscript_digit_is_refused_as_bad_input():
     with pytest.raises(PandaInputError):
         calls.as_task_id("²")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG calls._submit: the duplicate branch lacks the bool guard the next "
-                   "branch has, so data=True (== 1) reads as DUPLICATE_DEFT")
 def test_a_failed_submission_whose_data_is_a_bool_is_not_a_duplicate():
     with pytest.raises(PandaCallFailed) as info:
         calls.submit_task(PARAMS).interpret(env(False, "odd answer", True))

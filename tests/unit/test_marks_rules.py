@@ -236,7 +236,5 @@ def test_an_after_command_mark_without_a_task_id_applies_to_the_waited_task():
     assert marks.upstream_mark(Node("wait"), {"ti": TI()}, TASK, after_command=given).status == "finished"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG marks.check_after_command: all() consumes a generator before "
-                   "tuple(ids), so the ids are silently lost and () is returned")
 def test_task_ids_given_as_a_generator_are_kept():
     assert marks.check_after_command(i for i in ["retry_it"]) == ("retry_it",)

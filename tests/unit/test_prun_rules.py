@@ -461,8 +461,6 @@ def test_as_task_keeps_a_value_airflow_resolves_at_run_time():
     assert prun.as_task(dict(GOOD)).to_dict() == task().to_dict()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG PrunTask.check: cloud is checked only up to its first '.' or ':' "
-                   "(working_group's rule) but to_params writes the whole value")
 def test_a_cloud_with_characters_after_a_dot_is_refused_or_cut():
     try:
         made = params(cloud="US.;$ x")
