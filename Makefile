@@ -10,7 +10,7 @@ OLD_VENV := .venv-airflow-$(AIRFLOW_OLDEST)
 OLD_CONSTRAINTS := constraints/airflow-$(AIRFLOW_OLDEST).txt
 OLD_STAMP := $(OLD_VENV)/.installed-$(shell cat pyproject.toml $(OLD_CONSTRAINTS) | cksum | cut -d' ' -f1)
 
-.PHONY: install test test-stress test-oldest test-browser browser-deps constraints test-real real-up real-down demo lint local-server clean
+.PHONY: install test test-unit docs test-stress test-oldest test-browser browser-deps constraints test-real real-up real-down demo lint local-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Run the test suite against the local PanDA server (what CI runs first).
+## Run the test suite against the local PanDA server (what CI runs first): tests/unit (the pure modules,
+## seconds), then end to end through real HTTP and real Airflow; the docs' examples and the docs build too.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3 tests
+	$(PY) -m pytest -q -n 3
+
+## Only the unit tests of the pure modules (no server, no Airflow run): seconds.
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+## The docs as a site in site/ (MkDocs, strict: a warning fails the build).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
 
 ## The flake check: the same suite with a busy process on every core (it must pass like this too).
 test-stress: $(STAMP)
-	$(PY) scripts/with_cpu_hog.py -- $(PY) -m pytest -q -n 3 tests
+	$(PY) scripts/with_cpu_hog.py -- $(PY) -m pytest -q -n 3
 
 ## The same suite on the oldest Airflow release pyproject.toml admits (`make test-airflow-3.2.0`: another).
 $(OLD_STAMP): pyproject.toml $(OLD_CONSTRAINTS)
@@ -84,7 +93,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) .demo .real_panda test-artifacts
+	rm -rf $(VENV) $(OLD_VENV) .demo .real_panda test-artifacts site
 
 ## The mutation check: each promise-breaking change in scripts/mutants.py applied to a scratch copy,
 ## the tests that must notice it run; prints caught / survived per change (all must be caught).

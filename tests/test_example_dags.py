@@ -12,19 +12,20 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "example_dags"
+#: The DAGs the docs include (docs/examples), run here so every example in the docs is one that runs.
+DOCS_EXAMPLES = ROOT / "docs" / "examples"
 
 
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("airflow-examples")
+def _airflow_env(home: Path, dags: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         # the DAGs import _common: Airflow's dag-processor and workers put the bundle on sys.path, but 3.1's
         # `dags test` and `dags reserialize` do not
-        "PYTHONPATH": os.pathsep.join(p for p in (str(EXAMPLES), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(dags), os.environ.get("PYTHONPATH")) if p),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "PANDA_EXAMPLE_POLL": "0.1",
         "PANDA_EXAMPLE_TIMEOUT": "1",
@@ -35,6 +36,16 @@ def airflow_env(tmp_path_factory):
     # Airflow 3.0's `dags test` reads DAGs from the database only: serialise them first.
     subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], env=env, check=True, capture_output=True)
     return env
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory):
+    return _airflow_env(tmp_path_factory.mktemp("airflow-examples"), EXAMPLES)
+
+
+@pytest.fixture(scope="module")
+def docs_airflow_env(tmp_path_factory):
+    return _airflow_env(tmp_path_factory.mktemp("airflow-docs"), DOCS_EXAMPLES)
 
 
 def _json(value):
@@ -60,8 +71,7 @@ class DagRun:
         return self.xcoms.get((task_id, map_index, key))
 
 
-@pytest.fixture
-def dags_test(airflow_env, panda_server):
+def _dags_test(airflow_env, panda_server):
     def run(dag_id: str, **conf) -> DagRun:
         env = dict(airflow_env, AIRFLOW_CONN_PANDA_DEFAULT=json.dumps(panda_server.connection(retry_wait=0.01)))
         command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
@@ -76,6 +86,16 @@ def dags_test(airflow_env, panda_server):
         return result
 
     return run
+
+
+@pytest.fixture
+def dags_test(airflow_env, panda_server):
+    return _dags_test(airflow_env, panda_server)
+
+
+@pytest.fixture
+def docs_dags_test(docs_airflow_env, panda_server):
+    return _dags_test(docs_airflow_env, panda_server)
 
 
 def panda_tasks(server, fragment: str):
@@ -167,3 +187,25 @@ def test_timeout_kill(dags_test, panda_server):
 def test_timeout_not_reached(dags_test, panda_server):
     run = dags_test("panda_timeout_kill", tag="quick")
     assert run.states == {"kill_when_late": "success", "finish_when_late": "success"}
+
+
+def test_the_readmes_first_dag_is_the_one_that_runs():
+    """The README cannot include files: its first DAG must equal docs/examples/first_dag.py."""
+    readme = (ROOT / "README.md").read_text()
+    source = (DOCS_EXAMPLES / "first_dag.py").read_text()
+    shown = source[source.index("from __future__"):]
+    assert f"```python\n{shown}```" in readme
+
+
+def test_the_docs_first_dag(docs_dags_test, panda_server):
+    run = docs_dags_test("panda_first_dag")
+    assert run.states == {"hello": "success"}, run.output[-3000:]
+    [task] = [t for t in panda_server.sim.tasks.values() if t.task_id == run.xcom("hello")]
+    assert task.status == "done" and task.name.startswith("user.alice.airflow.hello.")
+
+
+def test_the_docs_prun_analysis(docs_dags_test, panda_server):
+    run = docs_dags_test("panda_prun_analysis")
+    assert run.states == {"analyse": "success", "generate": "success"}, run.output[-3000:]
+    [analysis] = [t for t in panda_server.sim.tasks.values() if t.task_id == run.xcom("analyse")]
+    assert analysis.params["ramCount"] == 4000 and analysis.status == "done"
