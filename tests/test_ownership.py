@@ -197,7 +197,7 @@ def test_a_crash_between_submit_and_storing_the_id_leaves_one_task(panda_server,
         SubmitTaskOperator(task_id='submit', task_params=$params, retries=1, retry_delay=timedelta(0),
                            execution_timeout=timedelta(seconds=120), on_execute_callback=$cb, {FAST})
         """, params=repr(params),
-        cb=f"lambda ctx: __import__('tests_hooks').cut_first_try_when(ctx, {name!r}, running=False)")
+        cb=f"lambda ctx: __import__('dag_callbacks').cut_first_try_when(ctx, {name!r}, running=False)")
     assert run.states == {"submit": "success"} and run.tries("submit") == 2
     [task] = named(panda_server, params["taskName"])
     assert task.attempt == 0 and run.xcom("submit") == task.task_id
