@@ -32,6 +32,11 @@ from airflow_provider_panda.testing.server import LocalPandaServer  # noqa: E402
 STEP = 0.05
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: runs a real Airflow cluster (scheduler, triggerer, api-server "
+                                       "as processes): the pyramid's top, minutes a test")
+
+
 @pytest.fixture(scope="session")
 def panda_server() -> Iterator[LocalPandaServer]:
     with LocalPandaServer(step=STEP) as server:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_real_airflow import EXAMPLES, Cluster, query, wait_until
+
+pytestmark = pytest.mark.cluster
 
 
 def test_consumer_dag_runs_on_the_producers_asset(tmp_path):

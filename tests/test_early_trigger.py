@@ -30,7 +30,7 @@ from airflow_runs import RACE_OPERATORS
 from test_real_airflow import Cluster, query, wait_until
 
 #: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 
 N = 3

@@ -141,7 +141,8 @@ def test_airflow_retry_after_a_lost_worker_reattaches(panda_server, capfd):
         SubmitTaskOperator(task_id='submit', task_params=$params, {FAST}, retries=1, cancel_on_kill=False,
                            retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=120),
                            on_execute_callback=$cb)
-        """, params=repr(params), cb=f"lambda ctx: __import__('dag_callbacks').cut_first_try_then_finish(ctx, {name!r})")
+        """, params=repr(params),
+        cb=f"lambda ctx: __import__('dag_callbacks').cut_first_try_then_finish(ctx, {name!r})")
     assert run.states == {"submit": "success"} and run.tries("submit") == 2
     assert len(tasks_named(panda_server, name)) == 1
     assert "Reattached to PanDA task" in "".join(capfd.readouterr())

@@ -9,7 +9,7 @@ import pytest
 from test_real_airflow import EXAMPLES, Cluster, query, wait_until
 
 #: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 
 #: DAG id -> (run conf, the states every task instance must end in).

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from airflow_runs import RACE_OPERATORS
 
+pytestmark = pytest.mark.cluster
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_dags"
 #: Airflow >= 3.3 calls a trigger's on_kill when a user marks or clears a deferred task.
 TRIGGER_ON_KILL = tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) >= (3, 3)
