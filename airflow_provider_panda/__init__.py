@@ -114,13 +114,14 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.hooks.panda"]}
         ],
         "operators": [
-            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.operators.task"]}
+            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.operators.submit",
+                                                              "airflow_provider_panda.operators.commands"]}
         ],
         "sensors": [
-            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.sensors.task"]}
+            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.sensors.status"]}
         ],
         "triggers": [
-            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.triggers.task"]}
+            {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.triggers.wait"]}
         ],
         "extra-links": ["airflow_provider_panda.links.PandaTaskLink"],
         "asset-uris": [

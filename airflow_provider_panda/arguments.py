@@ -7,7 +7,9 @@ argument that has no effect where it is given warns (:func:`no_effect`) rather t
 from __future__ import annotations
 
 import math
+import sys
 import warnings
+from datetime import timedelta
 from typing import Any
 
 from airflow_provider_panda.exceptions import PandaInputError
@@ -16,8 +18,6 @@ from airflow_provider_panda.exceptions import PandaInputError
 MAX_POLL_INTERVAL = 24 * 3600.0
 #: What a wait that timed out does to a task its operator owns.
 ON_TIMEOUT = ("fail", "kill", "finish")
-#: What SubmitTaskOperator does when the taskName is held by a task this instance did not submit.
-IF_EXISTS = ("fail", "adopt", "reexecute")
 MAX_AUTO_RETRIES = 100
 
 
@@ -31,7 +31,20 @@ def number_in_range(value: Any, name: str, low: float, high: float = math.inf) -
 
 
 def poll_interval(value: Any, name: str = "poll_interval") -> float:
+    """Seconds between two status reads (a ``timedelta`` too, as Airflow's ``poke_interval`` takes)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
     return number_in_range(value, name, 0.01, MAX_POLL_INTERVAL)
+
+
+def stored_interval(value: Any) -> float:
+    """A poll interval from a trigger's stored kwargs, brought into range rather than refused: a
+    trigger deferred by an earlier release must still load in the triggerer."""
+    try:
+        seconds = float(value.total_seconds() if isinstance(value, timedelta) else value)
+    except (TypeError, ValueError):
+        return 60.0
+    return min(max(seconds, 0.01), MAX_POLL_INTERVAL) if math.isfinite(seconds) else 60.0
 
 
 def timeout(value: Any) -> float | None:
@@ -62,11 +75,22 @@ def default_deferrable() -> bool:
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
+def _users_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's code (the DAG file), past this
+    package's frames and Airflow's (an operator's __init__ runs inside Airflow's wrappers)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_globals.get("__name__") or "").split(".")[0] in ("airflow_provider_panda",
+                                                                                          "airflow"):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def no_effect(where: str, name: str, why: str) -> None:
-    """Warn (at DAG parse) that an argument is ignored where it was given, and why."""
-    warnings.warn(f"{where}: {name} has no effect here: {why}", UserWarning, stacklevel=4)
+    """Warn (at DAG parse, pointing at the DAG file) that an argument is ignored where it was given."""
+    warnings.warn(f"{where}: no effect from {name} here: {why}", UserWarning, stacklevel=_users_stacklevel())
 
 
 def renamed(where: str, old: str, new: str) -> None:
     """Warn that a parameter was renamed (the old name still works for now)."""
-    warnings.warn(f"{where}({old}=...) is deprecated: use {new}=...", DeprecationWarning, stacklevel=4)
+    warnings.warn(f"{where}({old}=...) is deprecated: use {new}=...", DeprecationWarning,
+                  stacklevel=_users_stacklevel())

@@ -9,18 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-# Not exported by airflow.sdk in any supported release (3.1 to 3.3), and no public equivalent:
-# - the sentinel Airflow's own @task decorators give an argument the callable fills in at run time
-#   (rendered as "DYNAMIC (set during execution)"), from a private module;
-from airflow.sdk.definitions._internal.types import SET_DURING_EXECUTION
-
-# - merging op_kwargs into the context, as Airflow's decorators do;
-from airflow.sdk.definitions.context import context_merge
-
-# - the configured [core] xcom_backend class; airflow.sdk exports only BaseXCom, which would bypass a
-#   custom backend's deserialize_value (Airflow's standard provider reads its links through this one).
-from airflow.sdk.execution_time.xcom import XCom
-
 # Public in every supported release (airflow.sdk.log); here so masking.py takes it from one place.
 from airflow.sdk.log import mask_secret
 
@@ -46,16 +34,39 @@ except ImportError:  # Airflow 3.1 and 3.2 have no task state store, hence no re
 
 __all__ = [
     "NEVER_EXPIRE",
-    "SET_DURING_EXECUTION",
+    "SET_DURING_EXECUTION",  # noqa: F822 - lazy, see _PRIVATE
     "AirflowFailException",
     "AirflowSensorTimeout",
-    "XCom",
+    "XCom",  # noqa: F822 - lazy
     "aget_connection",
     "conf",
-    "context_merge",
+    "context_merge",  # noqa: F822 - lazy
     "determine_kwargs",
     "mask_secret",
 ]
+
+
+#: Not exported by airflow.sdk in any supported release (3.1 to 3.3), and with no public equivalent;
+#: imported on first use (PEP 562) so that the hook and the triggerer, which import this module, do not
+#: depend on these private modules:
+_PRIVATE = {
+    # the sentinel Airflow's own @task decorators give an argument the callable fills in at run time
+    # (rendered as "DYNAMIC (set during execution)")
+    "SET_DURING_EXECUTION": "airflow.sdk.definitions._internal.types",
+    # merging op_kwargs into the context, as Airflow's decorators do
+    "context_merge": "airflow.sdk.definitions.context",
+    # the configured [core] xcom_backend class; airflow.sdk exports only BaseXCom, which would bypass a
+    # custom backend's deserialize_value (Airflow's standard provider reads its links through this one)
+    "XCom": "airflow.sdk.execution_time.xcom",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PRIVATE:
+        import importlib
+
+        return getattr(importlib.import_module(_PRIVATE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def aget_connection(conn_id: str) -> Any:

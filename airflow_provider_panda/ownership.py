@@ -4,8 +4,8 @@ A task instance (dag_id, task_id, run_id, map_index) owns the PanDA tasks it sub
 those. Its parameters carry the instance's key (:data:`OWNER_KEY`); a later try, a clear or a
 lookup by taskName recognises "my task" by it. The operator reads the facts (the task state store,
 the tasks of a name, a status) and asks the functions here what to do; it then does it (submit,
-retry, re-execute, wait) and says so in the log. The README's table "What each Airflow action does
-to the PanDA task" is these rules.
+retry, re-execute, wait) and says so in the log. The table "What each Airflow action does to the
+PanDA task" in docs/pipelines.md is these rules.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SETTLING = frozenset({"toabort", "aborting", "tobroken"})
 WAIT, RETRY, REEXECUTE, BROKEN, FAIL = "wait", "retry", "reexecute", "broken", "fail"
 #: What to do when the taskName is held by a task this instance did not submit (``if_exists``).
 ADOPT = "adopt"
+IF_EXISTS = (FAIL, ADOPT, REEXECUTE)
 
 
 def instance_key(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
@@ -53,8 +54,8 @@ def stored_task(entry: Any, task_name: str) -> tuple[int | None, str | None]:
     ``(task_id, None)``, or ``(None, other_name)`` when a try under a new name must run a new task
     (a taskName with ``{{ ti.try_number }}``), or ``(None, None)`` when nothing was kept. The
     first release kept the id alone: such an entry is trusted as it is."""
-    if isinstance(entry, int) and not isinstance(entry, bool):
-        return entry, None
+    if isinstance(entry, (int, str)) and not isinstance(entry, bool) and str(entry).isdecimal():
+        return int(entry), None
     if not isinstance(entry, Mapping) or not entry.get(STORED_ID):
         return None, None
     name = entry.get(STORED_NAME)

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 from airflow_runs import run_dag
-from conftest import params_with_outcomes, task_params, wait_status
+from conftest import params_with_outcomes, task_params, wait_for, wait_status
 
 FAST = "poll_interval=0.05"
 
@@ -316,3 +316,28 @@ def test_a_duplicate_answer_to_a_first_submission_is_checked_for_ownership(panda
     [task] = named(panda_server, params["taskName"])
     assert task.task_id == other and task.attempt == 0 and task.status == "running"  # untouched
     assert f"is already held by PanDA task {other} (running)" in "".join(capfd.readouterr())
+
+
+def test_an_adopted_task_aborted_during_the_wait_is_not_reexecuted(panda_server, hook):
+    """The one re-execution after an abort seen while waiting is for this instance's own earlier
+    task (its cancel_on_kill racing this try); an adopted task aborted by its owner fails the run."""
+    import threading
+
+    params = params_with_outcomes(panda_server, ["hang"], "adoptabort")
+    other = hook.submit_task(params)
+    wait_status(hook, other, {"running"})
+    reads = panda_server.panda.requests
+
+    def kill_once_waited_on() -> None:
+        start = reads["task/get_status"]
+        wait_for(lambda: reads["task/get_status"] >= start + 3, 120)  # the adopted task is being waited on
+        hook.kill_task(other)
+
+    killer = threading.Thread(target=kill_once_waited_on, daemon=True)
+    killer.start()
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, if_exists='adopt', timeout=60, "
+                  f"{FAST})", params=repr(params))  # a re-executed "hang" task would time the run out
+    killer.join(10)
+    assert run.states == {"submit": "failed"}
+    [task] = named(panda_server, params["taskName"])
+    assert task.status == "aborted" and task.attempt == 0  # never re-executed

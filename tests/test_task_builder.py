@@ -452,9 +452,9 @@ def test_the_old_names_still_work_and_say_the_new_ones():
 def test_arguments_without_effect_warn_at_parse_time():
     from airflow_provider_panda.operators import FileRecoveryOperator, KillTaskOperator, RetryTaskOperator
 
-    with pytest.warns(UserWarning, match="RetryTaskOperator: cancel_on_kill=True has no effect here"):
+    with pytest.warns(UserWarning, match="RetryTaskOperator: no effect from cancel_on_kill=True here"):
         assert RetryTaskOperator(task_id="r", jedi_task_id=1, cancel_on_kill=True).cancel_on_kill is False
-    with pytest.warns(UserWarning, match="on_timeout='kill' has no effect here"):
+    with pytest.warns(UserWarning, match="no effect from on_timeout='kill' here"):
         assert KillTaskOperator(task_id="k", jedi_task_id=1, on_timeout="kill").on_timeout == "fail"
-    with pytest.warns(UserWarning, match="deferrable=True has no effect here"):
+    with pytest.warns(UserWarning, match="no effect from deferrable=True here"):
         FileRecoveryOperator(task_id="f", jedi_task_id=1, deferrable=True)

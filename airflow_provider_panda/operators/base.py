@@ -88,9 +88,7 @@ class PandaBaseOperator(BaseOperator):
     def _remember(self, context: Context, task_id: int) -> None:
         """Make the id known at once: XComs for users and the link."""
         self._jedi_task_id = task_id
-        ti = context["ti"]
-        ti.xcom_push(key=xcom.JEDI_TASK_ID, value=task_id)
-        ti.xcom_push(key=xcom.MONITOR_URL, value=self.hook.monitor_url(task_id))
+        xcom.push_task(context["ti"], task_id, self.hook.monitor_url(task_id))
 
     def _status(self, task_id: int) -> str | None:
         try:
@@ -155,8 +153,14 @@ class PandaWaitingOperator(PandaBaseOperator):
         super().__init__(**kwargs)
         where = type(self).__name__
         self.wait_for_completion = wait_for_completion
-        if deferrable and not wait_for_completion:
-            arguments.no_effect(where, "deferrable=True", "nothing to wait for without wait_for_completion=True")
+        if not wait_for_completion:
+            given = [name for name, value in (("deferrable=True", deferrable), ("timeout", timeout is not None),
+                                              ("success_statuses", success_statuses is not None),
+                                              ("failure_statuses", failure_statuses is not None),
+                                              ("allow_partial=True", allow_partial), ("after_command", after_command),
+                                              ("on_timeout", on_timeout is not None)) if value]
+            if given:
+                arguments.no_effect(where, ", ".join(given), "nothing is waited for without wait_for_completion=True")
         self.deferrable = arguments.default_deferrable() if deferrable is None else deferrable
         self.poll_interval = arguments.poll_interval(poll_interval)
         self.timeout = arguments.timeout(timeout)
@@ -196,16 +200,13 @@ class PandaWaitingOperator(PandaBaseOperator):
         (``stale``) or one sent upstream in this DAG run (marks.py)."""
         stale = StaleMark.newest(stale, upstream_mark(self, context, task_id, self.after_command))
         if self.deferrable:
-            from airflow_provider_panda.triggers.wait import PandaTaskTrigger, event_hold
+            from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
             self.defer(
-                trigger=PandaTaskTrigger(
-                    jedi_task_id=task_id, panda_conn_id=self.panda_conn_id, poll_interval=self.poll_interval,
-                    success_statuses=self.spec.success, failure_statuses=self.spec.failure, end_time=end_time,
-                    cancel_on_kill=self.cancel_on_kill, stale_status=stale.to_dict() if stale else None,
-                    carry={"end_time": end_time, **carried}, not_found_grace=self.not_found_grace,
-                    not_before=time.time() + event_hold(),
-                ),
+                trigger=PandaTaskTrigger.for_wait(
+                    task_id, self.panda_conn_id, self.spec, poll_interval=self.poll_interval, end_time=end_time,
+                    stale=stale, not_found_grace=self.not_found_grace, cancel_on_kill=self.cancel_on_kill,
+                    carry={"end_time": end_time, **carried}),
                 method_name="execute_complete",
                 kwargs={"end_time": end_time, **carried},
             )

@@ -60,18 +60,21 @@ class RetryTaskOperator(PandaWaitingOperator):
 class _EndTaskOperator(PandaWaitingOperator):
     """Send kill or finish; a task already ended or ending counts as done. Returns the jediTaskID.
 
-    The wait (``wait_for_completion``) lasts until the task reaches any final status.
+    The wait (``wait_for_completion``) lasts until the task reaches a final status (any, unless
+    ``success_statuses`` names some).
     """
 
     template_fields: Sequence[str] = ("jedi_task_id",)
     command = ""
 
-    def __init__(self, *, jedi_task_id: int | str, **kwargs: Any) -> None:
-        if "wait_for_termination" in kwargs:
+    def __init__(self, *, jedi_task_id: int | str, wait_for_termination: bool | None = None, **kwargs: Any) -> None:
+        if wait_for_termination is not None:  # the old name, a real parameter so that partial() takes it too
             arguments.renamed(type(self).__name__, "wait_for_termination", "wait_for_completion")
             if "wait_for_completion" in kwargs:
                 raise PandaInputError("give wait_for_completion (its old name: wait_for_termination), not both")
-            kwargs["wait_for_completion"] = kwargs.pop("wait_for_termination")
+            kwargs["wait_for_completion"] = wait_for_termination
+        if kwargs.get("allow_partial"):
+            arguments.no_effect(type(self).__name__, "allow_partial=True", "the wait ends on any final status")
         super().__init__(**kwargs)
         self.jedi_task_id = jedi_task_id
 
@@ -140,6 +143,9 @@ class FileRecoveryOperator(PandaWaitingOperator):
     status the task had when the request was sent.
 
     :param dry_run: only report what would be recovered (nothing to wait for).
+
+    With ``wait_for_completion`` it waits as :class:`SubmitTaskOperator` does (``success_statuses``,
+    ``failure_statuses``, ``allow_partial``, ``timeout``, ``deferrable``) and pushes the outputs.
     """
 
     publishes_outputs = True

@@ -16,6 +16,7 @@ from airflow_provider_panda.calls import as_task_id, check_task_params
 from airflow_provider_panda.exceptions import (
     PandaCommandRejected,
     PandaDuplicateTaskError,
+    PandaError,
     PandaInputError,
     PandaTaskNameTaken,
 )
@@ -89,13 +90,14 @@ class SubmitTaskOperator(PandaWaitingOperator):
         retry_new_params: dict[str, Any] | None = None,
         parent_task_id: int | str | None = None,
         if_exists: str = "fail",
+        task: Any = None,
         **kwargs: Any,
     ) -> None:
-        if "task" in kwargs:
+        if task is not None:  # the old name, a real parameter so that partial() and expand() take it too
             arguments.renamed(type(self).__name__, "task", "panda_task")
             if panda_task is not None:
                 raise PandaInputError("give panda_task (its old name: task), not both")
-            panda_task = kwargs.pop("task")
+            panda_task = task
         super().__init__(wait_for_completion=wait_for_completion, **kwargs)
         if (task_params is None) == (panda_task is None):
             raise PandaInputError("give either panda_task (a PrunTask) or task_params, not both and not neither")
@@ -110,7 +112,10 @@ class SubmitTaskOperator(PandaWaitingOperator):
         self.auto_retries = arguments.auto_retries(auto_retries)
         self.retry_new_params = retry_new_params
         self.parent_task_id = parent_task_id
-        self.if_exists = arguments.one_of(if_exists, "if_exists", arguments.IF_EXISTS)
+        self.if_exists = arguments.one_of(if_exists, "if_exists", ownership.IF_EXISTS)
+        if not wait_for_completion and (auto_retries or retry_new_params):
+            arguments.no_effect(type(self).__name__, "auto_retries and retry_new_params",
+                                "they act when a wait sees the task fail, and wait_for_completion is False")
 
     def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
         """Only a top-level string ending in ``.json`` is a template file: strings inside a dict
@@ -182,7 +187,7 @@ class SubmitTaskOperator(PandaWaitingOperator):
         if known is None:
             return self._submit(context, params, parent)
         self._remember(context, known, params["taskName"])
-        attached = self._take_over(params, known)
+        attached = self._take_over(params, known, earlier_try=True)
         if attached.task_id != known:
             self._remember(context, attached.task_id, params["taskName"])
         return attached
@@ -218,7 +223,7 @@ class SubmitTaskOperator(PandaWaitingOperator):
             self.log.warning("taskName %r is held by PanDA task %s (%s), which this task instance did not submit; "
                              "adopting it (if_exists='adopt')", params["taskName"], other_id, status)
             self._remember(context, other_id, params["taskName"])
-            attached = self._take_over(params, other_id)
+            attached = self._take_over(params, other_id, earlier_try=False)
             if attached.task_id != other_id:
                 self._remember(context, attached.task_id, params["taskName"])
             return attached
@@ -237,9 +242,11 @@ class SubmitTaskOperator(PandaWaitingOperator):
 
     # --- an earlier try's task --------------------------------------------------------------------
 
-    def _take_over(self, params: dict[str, Any], task_id: int) -> Attached:
-        """Do what an earlier try's task needs now (:func:`ownership.for_earlier_task`). Returns the
-        task to wait on (the one PanDA's answer names) and what it said before a command sent."""
+    def _take_over(self, params: dict[str, Any], task_id: int, earlier_try: bool) -> Attached:
+        """Do what an earlier try's task (or an adopted one) needs now (:func:`ownership.for_earlier_task`).
+        Returns the task to wait on (the one PanDA's answer names), what it said before a command
+        sent, and whether it is an earlier try's task taken over as it was (whose abort by that
+        try's ``cancel_on_kill`` this try re-executes once: never an adopted task's)."""
         status = self._settled_status(task_id)
         self.log.info("Reattached to PanDA task %s (%s)", task_id, status or "not visible yet")
         action = ownership.for_earlier_task(status, self.spec)
@@ -256,7 +263,7 @@ class SubmitTaskOperator(PandaWaitingOperator):
             stale = self._mark(task_id, status, "retry")
             self.hook.retry_task(task_id, self.retry_new_params)
             return Attached(task_id, stale)
-        return Attached(task_id, reattached=True)
+        return Attached(task_id, reattached=earlier_try)
 
     def _settled_status(self, task_id: int) -> str | None:
         """The status, once a task on its way to a known end (``toabort`` > ``aborted``) is there,
@@ -367,10 +374,16 @@ class SubmitTaskOperator(PandaWaitingOperator):
         the parameters PanDA holds for it (they carry this instance's key), and wait again."""
         self.log.info("PanDA task %s was aborted while this try waited on it (the earlier try's cancel_on_kill "
                       "after a clear or a kill): re-executing it through PanDA's incremental execution", task_id)
-        info = self.hook.get_task_info(task_id)
-        params = dict(info.get("raw_task_params") or {})
+        try:
+            info: dict[str, Any] | None = self.hook.get_task_info(task_id)
+        except PandaError as exc:
+            self.log.warning("Could not read PanDA task %s's details (%s): re-executing it with this try's "
+                             "parameters", task_id, exc)
+            info = None
+        params = dict((info or {}).get("raw_task_params") or {})
         if not params.get("taskName"):
             params = self._params(context)  # a server that does not return the task's parameters
+        params[ownership.OWNER_KEY] = task_instance_key(context)
         stale = StaleMark.of("aborted", info, "re-execution")
         answered = self._reexecute(params, None, task_id)
         if answered != task_id:

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from airflow_provider_panda.hooks.panda import PandaHook
 
+#: The task state store's key for what reschedule-mode pokes saw of the task (one poke, one process).
+SIGHT_KEY = "panda_sensor_sight"
 #: PanDA tasks run for days to weeks: the sensor's default timeout (Airflow's is 7 days).
 DEFAULT_TIMEOUT = 60 * 24 * 3600.0
 
@@ -122,10 +124,29 @@ class TaskStatusSensor(BaseSensorOperator):
             self._watch = TaskWatch(task_id, self.spec, self.log, started=started,
                                     not_found_grace=self.not_found_grace,
                                     stale=upstream_mark(self, context, task_id, self.after_command))
-            context["ti"].xcom_push(key=xcom.JEDI_TASK_ID, value=task_id)
-            context["ti"].xcom_push(key=xcom.MONITOR_URL, value=self.hook.monitor_url(task_id))
+            self._recall_sight(context, self._watch)
+            xcom.push_task(context["ti"], task_id, self.hook.monitor_url(task_id))
             self._jedi_task_id = task_id
         return self._watch
+
+    def _remember_sight(self, context: Context, watch: TaskWatch) -> None:
+        """Reschedule mode: keep whether the task was seen, and since when it is missing, for the
+        next poke (a new process) in the task state store (Airflow >= 3.3; before, a seen task that
+        goes missing gets the grace counted from the first poke)."""
+        store = context.get("task_state_store") if self.reschedule else None  # type: ignore[union-attr]
+        if store is None:
+            return
+        missing = None if watch.missing_since is None else time.time() - (time.monotonic() - watch.missing_since)
+        store.set(SIGHT_KEY, {"task": watch.task_id, "seen": watch.seen, "missing_since": missing})
+
+    def _recall_sight(self, context: Context, watch: TaskWatch) -> None:
+        store = context.get("task_state_store") if self.reschedule else None  # type: ignore[union-attr]
+        sight = store.get(SIGHT_KEY) if store is not None else None
+        if not isinstance(sight, dict) or sight.get("task") != watch.task_id:
+            return
+        watch.seen = bool(sight.get("seen"))
+        if isinstance(sight.get("missing_since"), (int, float)):
+            watch.missing_since = time.monotonic() - max(0.0, time.time() - sight["missing_since"])
 
     def poke(self, context: Context) -> bool:
         from airflow_provider_panda.reports import task_failed
@@ -140,6 +161,8 @@ class TaskStatusSensor(BaseSensorOperator):
                 raise
             self.log.warning("PanDA task %s: status read failed (%s); poking again", task_id, exc)
             return False
+        finally:
+            self._remember_sight(context, watch)
         if verdict == FAILURE:
             raise task_failed(self.hook, task_id, watch.last_status, self.log)
         if verdict == ERROR:
@@ -162,17 +185,13 @@ class TaskStatusSensor(BaseSensorOperator):
             return super().execute(context)
         if self.poke(context):
             return None
-        from airflow_provider_panda.triggers.wait import PandaTaskTrigger, event_hold
+        from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
         task_id = as_task_id(self.jedi_task_id)
-        stale = self._watch.stale if self._watch is not None else None
         self.defer(
-            trigger=PandaTaskTrigger(jedi_task_id=task_id, panda_conn_id=self.panda_conn_id,
-                                     poll_interval=self.poke_interval, success_statuses=self.spec.success,
-                                     failure_statuses=self.spec.failure, end_time=time.time() + self.timeout,
-                                     cancel_on_kill=False, not_found_grace=self.not_found_grace,
-                                     stale_status=stale.to_dict() if stale is not None else None,
-                                     not_before=time.time() + event_hold()),
+            trigger=PandaTaskTrigger.for_wait(task_id, self.panda_conn_id, self.spec, poll_interval=self.poke_interval,
+                                              end_time=time.time() + self.timeout, not_found_grace=self.not_found_grace,
+                                              stale=self._watch.stale if self._watch is not None else None),
             method_name="execute_complete",
         )
 

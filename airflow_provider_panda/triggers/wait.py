@@ -85,7 +85,7 @@ class PandaTaskTrigger(BaseTrigger):
         self.not_before = not_before
         self.jedi_task_id = int(jedi_task_id)
         self.panda_conn_id = panda_conn_id
-        self.poll_interval = arguments.poll_interval(poll_interval)
+        self.poll_interval = arguments.stored_interval(poll_interval)
         self.success_statuses = tuple(success_statuses)
         self.failure_statuses = tuple(failure_statuses) if failure_statuses is not None else None
         self.end_time = end_time
@@ -93,7 +93,18 @@ class PandaTaskTrigger(BaseTrigger):
         self.stale_status = stale_status
         self.carry = dict(carry or {})
         self.shared_poller = shared_poller
-        self.not_found_grace = arguments.grace(not_found_grace)
+        self.not_found_grace = max(0.0, float(not_found_grace))
+
+    @classmethod
+    def for_wait(cls, jedi_task_id: int, panda_conn_id: str, spec: WaitSpec, *, poll_interval: float,
+                 end_time: float | None, stale: StaleMark | None, not_found_grace: float,
+                 cancel_on_kill: bool = False, carry: dict[str, Any] | None = None) -> PandaTaskTrigger:
+        """The trigger an operator's or the sensor's deferred wait hands to the triggerer: its event
+        held :func:`event_hold` seconds after now (the deferral)."""
+        return cls(jedi_task_id=jedi_task_id, panda_conn_id=panda_conn_id, poll_interval=poll_interval,
+                   success_statuses=spec.success, failure_statuses=spec.failure, end_time=end_time,
+                   cancel_on_kill=cancel_on_kill, stale_status=stale.to_dict() if stale is not None else None,
+                   carry=carry, not_found_grace=not_found_grace, not_before=time.time() + event_hold())
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (

@@ -48,7 +48,7 @@ def test_a_choice_names_the_choices():
 
 
 def test_an_argument_without_effect_warns():
-    with pytest.warns(UserWarning, match="X: cancel_on_kill=True has no effect here: it does not own"):
+    with pytest.warns(UserWarning, match="X: no effect from cancel_on_kill=True here: it does not own"):
         arguments.no_effect("X", "cancel_on_kill=True", "it does not own the task")
 
 
