@@ -44,9 +44,15 @@ $(OLD_STAMP): pyproject.toml $(OLD_CONSTRAINTS)
 	$(OLD_VENV)/bin/python -m pip install -q -c $(OLD_CONSTRAINTS) 'apache-airflow==$(AIRFLOW_OLDEST)' -e '.[test]'
 	rm -f $(OLD_VENV)/.installed-* && touch $@
 
+# What the Airflow release changes: the operators, sensor, trigger and decorator in real DAG runs, the
+# unit layer and the docs' examples. Left out: the real-cluster tier (minutes a test; it runs on the
+# newest Airflow) and the tests of the HTTP client and the local server alone, which no Airflow code reaches.
+OLDEST_SKIP := tests/test_transport.py tests/test_local_server.py tests/test_contract.py \
+	tests/test_contract_pandaclient.py tests/test_soak.py tests/test_packaging.py tests/test_docs.py
+
 test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -c 'import airflow; print("Airflow", airflow.__version__)'
-	$(OLD_VENV)/bin/python -m pytest -q -n 3 tests
+	$(OLD_VENV)/bin/python -m pytest -q -n 3 -m 'not cluster' $(addprefix --ignore=,$(OLDEST_SKIP))
 
 test-airflow-%:
 	$(MAKE) test-oldest AIRFLOW_OLDEST=$*
