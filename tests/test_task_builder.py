@@ -1,52 +1,37 @@
 """The typed task builder (``airflow_provider_panda.builder``): its map equals what prun (panda-client 2.2.0)
-builds for the same options; bad inputs fail clearly before any request; the operator and the decorator
-submit builder tasks, with their sandbox, against the local server."""
+builds for the same options; bad inputs fail clearly before any request, where prun refuses too; the
+operator and the decorator submit builder tasks, with their sandbox, against the local server."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
-import subprocess
-import sys
+import warnings
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from airflow_runs import run_dag
+from prun_witness import CACHE, SERVER, athena_env, make_case, prun_params, witness
 
 from airflow_provider_panda import api
 from airflow_provider_panda.builder import PrunTask, SecondaryInput, build_task_params, pack_sandbox
 from airflow_provider_panda.exceptions import PandaInputError
 
-WITNESS = Path(__file__).with_name("prun_witness.py")
-SERVER = "https://pandaserver.example:25443"
-CACHE = "https://pandacache.example:25443"
 SANDBOX = "jobO.00000000-0000-0000-0000-000000000000.tar.gz"
 
 #: What differs between prun's map and the builder's for the same options and why. prun in dry mode
-#: makes no sandbox, so where it names the archive it writes None: "-a None" in jobParameters and
-#: buildSpec.archiveName. Nothing else is left out of the comparison: osInfo is platform.platform()
-#: of the submitting host in both (the same host here), sourceURL is the server or cache URL both are
-#: given, and cliParams is the same prun command line (the builder's prun_args are asserted equal).
-ENVIRONMENT_DEPENDENT = ("jobParameters[-a <sandbox>]", "buildSpec.archiveName")
-
-
-def _witness_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CMTCONFIG", "CMAKE_PREFIX_PATH", "PANDA_EXEC_STRING", "X509_USER_PROXY")}
-    env.update(PANDA_BEHIND_REAL_LB="1", PANDA_URL="http://pandaserver.example:25080/server/panda",
-               PANDA_URL_SSL=SERVER + "/server/panda", PANDACACHE_URL=CACHE + "/server/panda")
-    return env
-
-
-def prun_params(options: list[str]) -> dict[str, Any]:
-    """The map PrunScript.main(get_taskparams=True, dry_mode=True) returns for these prun options."""
-    proc = subprocess.run([sys.executable, str(WITNESS), json.dumps(options)], env=_witness_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+#: makes no sandbox, so where it names the archive it writes None: "-a None" in jobParameters and in
+#: mergeSpec.jobParameters, buildSpec.archiveName, fixedSandbox. Nothing else is left out of the
+#: comparison: osInfo is platform.platform() of the submitting host in both (the same host here),
+#: sourceURL is the server or cache URL both are given, and cliParams is the same prun command line (the
+#: builder's prun_args are asserted equal). prun reads the release of --useAthenaPackages, $CMTCONFIG and
+#: $ALRB_USER_PLATFORM from the shell: the witness runs in a shell without them (prun_witness.SHELL_ONLY),
+#: and with an asetup'd release (athena_env) where a task uses Athena packages.
+ENVIRONMENT_DEPENDENT = ("jobParameters[-a <sandbox>]", "mergeSpec.jobParameters[-a <sandbox>]",
+                         "buildSpec.archiveName", "fixedSandbox")
 
 
 def normalise_sandbox(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -57,8 +42,31 @@ def normalise_sandbox(params: dict[str, Any], name: str) -> dict[str, Any]:
             item["value"] = f"-a {name}"
     if "buildSpec" in params and params["buildSpec"].get("archiveName") is None:
         params["buildSpec"]["archiveName"] = name
+    if "mergeSpec" in params:
+        params["mergeSpec"]["jobParameters"] = params["mergeSpec"]["jobParameters"].replace("-a None ", f"-a {name} ")
+    if "fixedSandbox" in params and params["fixedSandbox"] is None:
+        params["fixedSandbox"] = name
     return params
 
+
+def shell_of(fields: dict[str, Any]) -> dict[str, str] | None:
+    """The shell prun runs in for these fields: a set-up release for a task using Athena packages."""
+    if not fields.get("use_athena_packages"):
+        return None
+    project, release = sorted(fields["athena_tag"].split(","), key=lambda i: i[0].isdigit())
+    return athena_env(project, release, fields["cmt_config"])
+
+
+def builder_map(fields: dict[str, Any]) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # what prun warns about, the builder warns about (tested in the unit layer)
+        builder = PrunTask(**fields)
+    return builder.to_params(source_url=SERVER if builder.vo else CACHE, sandbox_name=SANDBOX)
+
+
+A_DS = ("mc23_13p6TeV:mc23_13p6TeV.601229.PhPy8EG_A14_ttbar_hdamp258p75_SingleLep.deriv.DAOD_PHYS."
+        "e8514_s4162_r14622_p6026")
+CMT = "x86_64-el9-gcc13-opt"
 
 # (case id, builder fields, the prun command line a user would type for the same task)
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
@@ -99,23 +107,191 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("jobs over files", dict(exec="ana %IN", out_ds="user.alice.njobs", in_ds="d.a", n_files=8, n_jobs=4),
      ["--exec", "ana %IN", "--outDS", "user.alice.njobs", "--inDS", "d.a", "--nFiles", "8", "--nJobs", "4",
       "--noBuild"]),
+    ("jobs over events of files", dict(exec="ana %IN --skip %SKIPEVENTS --n %MAXEVENTS", out_ds="user.alice.evf",
+                                       in_ds="d.a", n_events_per_job=500, n_events_per_file=2000, n_jobs=10),
+     ["--exec", "ana %IN --skip %SKIPEVENTS --n %MAXEVENTS", "--outDS", "user.alice.evf", "--inDS", "d.a",
+      "--nJobs", "10", "--nEventsPerJob", "500", "--nEventsPerFile", "2000", "--noBuild"]),
     ("vo, label, attempts", dict(exec="echo vo", out_ds="user.alice.vo", vo="wlcg", prod_source_label="test",
                                  max_attempt=5, unique_name=False),
      ["--exec", "echo vo", "--outDS", "user.alice.vo", "--maxAttempt", "5", "--vo", "wlcg", "--prodSourceLabel",
       "test", "--noBuild", "--allowTaskDuplication"]),
     ("build step", dict(exec="./a.out", out_ds="user.alice.build", build=True, sandbox="."),
      ["--exec", "./a.out", "--outDS", "user.alice.build"]),
+    # --- the release: --athenaTag, --cmtConfig, --useAthenaPackages
+    ("athena tag with inputs and outputs",
+     dict(exec="ana.sh %IN", out_ds="user.alice.ab", in_ds=A_DS, outputs=["hist.root", "tree:tree.root"],
+          athena_tag="AnalysisBase,24.2.35", cmt_config=CMT),
+     ["--exec", "ana.sh %IN", "--outDS", "user.alice.ab", "--inDS", A_DS, "--outputs", "hist.root,tree:tree.root",
+      "--athenaTag", "AnalysisBase,24.2.35", "--cmtConfig", CMT, "--noBuild"]),
+    ("athena tag with a build step",
+     dict(exec="athena.py jo.py", out_ds="user.alice.aa", in_ds="d.a", outputs=["out.pool.root"], build=True,
+          sandbox=".", athena_tag="21.2.170,AthAnalysis", cmt_config="x86_64-centos7-gcc8-opt", n_events_per_job=500),
+     ["--exec", "athena.py jo.py", "--outDS", "user.alice.aa", "--inDS", "d.a", "--outputs", "out.pool.root",
+      "--nEventsPerJob", "500", "--athenaTag", "21.2.170,AthAnalysis", "--cmtConfig", "x86_64-centos7-gcc8-opt"]),
+    ("athena tag of a cache and a nightly",
+     dict(exec="run.sh", out_ds="user.alice.nightly", athena_tag="Athena,main,latest", cmt_config=CMT),
+     ["--exec", "run.sh", "--outDS", "user.alice.nightly", "--athenaTag", "Athena,main,latest", "--cmtConfig", CMT,
+      "--noBuild"]),
+    ("athena tag of AthAnalysis master",
+     dict(exec="run.sh", out_ds="user.alice.master", athena_tag="AthAnalysis,master", cmt_config=CMT),
+     ["--exec", "run.sh", "--outDS", "user.alice.master", "--athenaTag", "AthAnalysis,master", "--cmtConfig", CMT,
+      "--noBuild"]),
+    ("a platform only", dict(exec="run.sh", out_ds="user.alice.cmt", cmt_config=CMT, architecture="@el9"),
+     ["--exec", "run.sh", "--outDS", "user.alice.cmt", "--architecture", "@el9", "--cmtConfig", CMT, "--noBuild"]),
+    ("architecture with a platform and a GPU",
+     dict(exec="run.sh", out_ds="user.alice.gpu", architecture=CMT + "@el9&nvidia"),
+     ["--exec", "run.sh", "--outDS", "user.alice.gpu", "--architecture", CMT + "@el9&nvidia", "--noBuild"]),
+    ("architecture as JSON", dict(exec="run.sh", out_ds="user.alice.json", cmt_config=CMT,
+                                  architecture='{"gpu_spec": {"model": ".*A100.*"}}'),
+     ["--exec", "run.sh", "--outDS", "user.alice.json", "--architecture", '{"gpu_spec": {"model": ".*A100.*"}}',
+      "--cmtConfig", CMT, "--noBuild"]),
+    ("athena packages", dict(exec="athena.py MyAlg/jo.py %IN", out_ds="user.alice.pkg", in_ds="d.a", sandbox=".",
+                             use_athena_packages=True, athena_tag="Athena,24.0.10", cmt_config=CMT,
+                             outputs=["out.root"]),
+     ["--exec", "athena.py MyAlg/jo.py %IN", "--outDS", "user.alice.pkg", "--inDS", "d.a", "--outputs", "out.root",
+      "--useAthenaPackages", "--athenaTag", "Athena,24.0.10", "--cmtConfig", CMT, "--noBuild"]),
+    ("athena packages built on the grid with merging",
+     dict(exec="athena.py jo.py %IN", out_ds="user.alice.pkgb", in_ds="d.a", sandbox=".", build=True,
+          use_athena_packages=True, athena_tag="AnalysisBase,24.2.35", cmt_config=CMT, outputs=["out.root"],
+          merge_output=True),
+     ["--exec", "athena.py jo.py %IN", "--outDS", "user.alice.pkgb", "--inDS", "d.a", "--outputs", "out.root",
+      "--useAthenaPackages", "--athenaTag", "AnalysisBase,24.2.35", "--cmtConfig", CMT, "--mergeOutput"]),
+    # --- inputs
+    ("input list in a text file, more files per job",
+     dict(exec="python ana.py --files in.txt", out_ds="user.alice.txt", in_ds="d.a", outputs=["hist.root"],
+          write_input_to_txt="IN:in.txt", max_files_per_job=500, n_files_per_job=300),
+     ["--exec", "python ana.py --files in.txt", "--outDS", "user.alice.txt", "--inDS", "d.a", "--outputs",
+      "hist.root", "--nFilesPerJob", "300", "--writeInputToTxt", "IN:in.txt", "--maxNFilesPerJob", "500",
+      "--noBuild"]),
+    ("input lists of two streams", dict(exec="mix in.txt bkg.txt", out_ds="user.alice.txt2", in_ds="d.a",
+                                        secondary=[SecondaryInput("BKG", "d.b", 3)],
+                                        write_input_to_txt={"IN": "in.txt", "BKG": "bkg.txt"}),
+     ["--exec", "mix in.txt bkg.txt", "--outDS", "user.alice.txt2", "--inDS", "d.a", "--secondaryDSs", "BKG:3:d.b",
+      "--writeInputToTxt", "IN:in.txt,BKG:bkg.txt", "--noBuild"]),
+    ("input list with placeholders' percent", dict(exec="run in.txt", out_ds="user.alice.txt3", in_ds="d.a",
+                                                   write_input_to_txt="%IN:in.txt"),
+     ["--exec", "run in.txt", "--outDS", "user.alice.txt3", "--inDS", "d.a", "--writeInputToTxt", "%IN:in.txt",
+      "--noBuild"]),
+    ("files per job over the ceiling", dict(exec="ana %IN", out_ds="user.alice.ceil", in_ds="d.a",
+                                            n_files_per_job=300, n_jobs=2),
+     ["--exec", "ana %IN", "--outDS", "user.alice.ceil", "--inDS", "d.a", "--nFilesPerJob", "300", "--nJobs", "2",
+      "--noBuild"]),
+    ("size per job", dict(exec="ana %IN", out_ds="user.alice.gb", in_ds="d.a", n_gb_per_job=10),
+     ["--exec", "ana %IN", "--outDS", "user.alice.gb", "--inDS", "d.a", "--nGBPerJob", "10", "--noBuild"]),
+    ("size per job MAX with files per job", dict(exec="ana %IN", out_ds="user.alice.gbmax", in_ds="d.a",
+                                                 n_gb_per_job="MAX", n_files_per_job=10),
+     ["--exec", "ana %IN", "--outDS", "user.alice.gbmax", "--inDS", "d.a", "--nFilesPerJob", "10", "--nGBPerJob",
+      "MAX", "--noBuild"]),
+    ("file selection", dict(exec="ana %IN", out_ds="user.alice.sel", in_ds="d.a", match="*.root.*",
+                            anti_match="*_tid001*", n_skip_files=3),
+     ["--exec", "ana %IN", "--outDS", "user.alice.sel", "--inDS", "d.a", "--nSkipFiles", "3", "--match", "*.root.*",
+      "--antiMatch", "*_tid001*", "--noBuild"]),
+    ("input flags", dict(exec="ana %IN", out_ds="user.alice.flags", in_ds="d.a", force_staged=True,
+                         skip_empty_input=True, avoid_vp=True),
+     ["--exec", "ana %IN", "--outDS", "user.alice.flags", "--inDS", "d.a", "--forceStaged", "--skipEmptyInput",
+      "--avoidVP", "--noBuild"]),
+    ("scoped secondary datasets", dict(exec="mix %IN %IN2 %BKG", out_ds="user.alice.sec", in_ds=A_DS,
+                                       secondary=[SecondaryInput("IN2", "mc23_13p6TeV:mc23.x.DAOD", 2),
+                                                  SecondaryInput("BKG", "data:bkg", 1, pattern="*.root", n_skip=2),
+                                                  SecondaryInput("MB", "mb.y", 1, n_skip=5)]),
+     ["--exec", "mix %IN %IN2 %BKG", "--outDS", "user.alice.sec", "--inDS", A_DS, "--secondaryDSs",
+      "IN2#2#mc23_13p6TeV:mc23.x.DAOD,BKG#1#data:bkg#*.root#2,MB:1:mb.y::5", "--noBuild"]),
+    ("a secondary stream only", dict(exec="ana %BKG", out_ds="user.alice.sec2",
+                                     secondary=[SecondaryInput("BKG", "d.b", 2)]),
+     ["--exec", "ana %BKG", "--outDS", "user.alice.sec2", "--secondaryDSs", "BKG:2:d.b", "--noBuild"]),
+    # --- outputs
+    ("merged outputs", dict(exec="ana %IN", out_ds="user.alice.merge", in_ds="d.a", outputs=["hist.root"],
+                            merge_output=True, n_files_per_job=5),
+     ["--exec", "ana %IN", "--outDS", "user.alice.merge", "--inDS", "d.a", "--outputs", "hist.root",
+      "--nFilesPerJob", "5", "--mergeOutput", "--noBuild"]),
+    ("merge script, log and size in a container",
+     dict(exec="python ana.py %IN", out_ds="user.alice.mergec", in_ds=A_DS, outputs=["out.root"],
+          container_image="docker://gitlab-registry.cern.ch/atlas/athena/analysisbase:24.2.35",
+          merge_script="hadd -f %OUT %IN", merge_log=True, merge_single_file=True, n_gb_per_merge_job=10),
+     ["--exec", "python ana.py %IN", "--outDS", "user.alice.mergec", "--inDS", A_DS, "--outputs", "out.root",
+      "--containerImage", "docker://gitlab-registry.cern.ch/atlas/athena/analysisbase:24.2.35", "--mergeScript",
+      "hadd -f %OUT %IN", "--mergeLog", "--mergeSingleFile", "--nGBPerMergeJob", "10"]),
+    ("merge with a build step", dict(exec="./ana %IN", out_ds="user.alice.mergeb", in_ds="d.a", build=True,
+                                     sandbox=".", outputs=["o.root"], merge_output=True, n_gb_per_merge_job="MAX"),
+     ["--exec", "./ana %IN", "--outDS", "user.alice.mergeb", "--inDS", "d.a", "--outputs", "o.root",
+      "--mergeOutput", "--nGBPerMergeJob", "MAX"]),
+    ("outputs allowed missing, to a storage element",
+     dict(exec="run %IN", out_ds="user.alice.ano", in_ds="d.a", outputs=["out.root", "hist:h*.root", "regex|x.*"],
+          allow_no_output=["hist.*", "x", ".*out.root"], dest_se="CERN-PROD_SCRATCHDISK"),
+     ["--exec", "run %IN", "--outDS", "user.alice.ano", "--inDS", "d.a", "--outputs",
+      "out.root,hist:h*.root,regex|x.*", "--allowNoOutput", "hist.*,x,.*out.root", "--destSE",
+      "CERN-PROD_SCRATCHDISK", "--noBuild"]),
+    ("official group outputs", dict(exec="run %IN", out_ds="group.phys-higgs.ntup.v3", in_ds="d.a",
+                                    outputs=["ntup.root"], official=True, working_group="phys-higgs",
+                                    merge_output=True),
+     ["--exec", "run %IN", "--outDS", "group.phys-higgs.ntup.v3", "--inDS", "d.a", "--outputs", "ntup.root",
+      "--workingGroup", "phys-higgs", "--mergeOutput", "--official", "--noBuild"]),
+    # --- submission
+    ("submission flags", dict(exec="echo flags", out_ds="user.alice.sub", no_email=True, disable_auto_retry=True,
+                              os_matching=True, use_new_code=True, sandbox="."),
+     ["--exec", "echo flags", "--outDS", "user.alice.sub", "--noEmail", "--disableAutoRetry", "--osMatching",
+      "--useNewCode", "--noBuild"]),
+    ("site AUTO", dict(exec="echo auto", out_ds="user.alice.auto", site="AUTO"),
+     ["--exec", "echo auto", "--outDS", "user.alice.auto", "--site", "AUTO", "--noBuild"]),
+    ("sites then AUTO", dict(exec="echo a", out_ds="user.alice.auto2", site="ANALY_A,ANALY_B,AUTO"),
+     ["--exec", "echo a", "--outDS", "user.alice.auto2", "--site", "ANALY_A,ANALY_B,AUTO", "--noBuild"]),
+    ("excluded sites with wildcards", dict(exec="echo x", out_ds="user.alice.excl",
+                                           excluded_sites=["ANALY_BNL*", "CERN*,ANALY_SLAC"]),
+     ["--exec", "echo x", "--outDS", "user.alice.excl", "--excludedSite", "ANALY_BNL*,CERN*,ANALY_SLAC",
+      "--noBuild"]),
+    ("attempts over prun's limit", dict(exec="echo x", out_ds="user.alice.att", max_attempt=60),
+     ["--exec", "echo x", "--outDS", "user.alice.att", "--maxAttempt", "60", "--noBuild"]),
+    ("a label with a digit", dict(exec="echo x", out_ds="user.alice.rc", prod_source_label="rc_test2"),
+     ["--exec", "echo x", "--outDS", "user.alice.rc", "--prodSourceLabel", "rc_test2", "--noBuild"]),
+    # --- exec: shell text as users write it
+    ("percent in shell text", dict(exec="ana %IN > log_$(date +%FT%T).txt; printf '%s\\n' done", out_ds="user.alice.pc",
+                                   in_ds="d.a"),
+     ["--exec", "ana %IN > log_$(date +%FT%T).txt; printf '%s\\n' done", "--outDS", "user.alice.pc", "--inDS", "d.a",
+      "--noBuild"]),
+    ("bash array length", dict(exec='f=(${IN//,/ }); echo "${#f[@]} files"; ana %IN', out_ds="user.alice.arr",
+                               in_ds="d.a"),
+     ["--exec", 'f=(${IN//,/ }); echo "${#f[@]} files"; ana %IN', "--outDS", "user.alice.arr", "--inDS", "d.a",
+      "--noBuild"]),
+    ("a DBRelease", dict(exec="athena.py jo.py %DB:ddo.000001.Atlas.Ideal.DBRelease.v050101:DBRelease-5.1.1.tar.gz",
+                         out_ds="user.alice.dbr", athena_tag="AtlasProduction,20.7.9.9",
+                         cmt_config="x86_64-slc6-gcc49-opt"),
+     ["--exec", "athena.py jo.py %DB:ddo.000001.Atlas.Ideal.DBRelease.v050101:DBRelease-5.1.1.tar.gz", "--outDS",
+      "user.alice.dbr", "--athenaTag", "AtlasProduction,20.7.9.9", "--cmtConfig", "x86_64-slc6-gcc49-opt",
+      "--noBuild"]),
+    ("the latest DBRelease", dict(exec="athena.py %DB:LATEST", out_ds="user.alice.dbl"),
+     ["--exec", "athena.py %DB:LATEST", "--outDS", "user.alice.dbl", "--noBuild"]),
+    ("options prun ignores without input", dict(exec="cat %IN", out_ds="user.alice.noin", n_files_per_job=4,
+                                                match="*.root"),
+     ["--exec", "cat %IN", "--outDS", "user.alice.noin", "--nFilesPerJob", "4", "--match", "*.root", "--noBuild"]),
 ]
+
+
+def _prefetch() -> None:
+    """Ask prun about every command line of this module in one witness run (each still forks alone)."""
+    witness([make_case(options, env=shell_of(fields)) for _, fields, options in CASES]
+            + [make_case(refused_argv(options)) for _, options, _, _ in REFUSED_BY_PRUN])
 
 
 @pytest.mark.parametrize("fields, options", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_builder_map_equals_prun(fields, options):
-    builder = PrunTask(**fields)
-    assert builder.prun_args() == options  # so cliParams is the same command line
-    source = SERVER if builder.vo else CACHE  # prun: the cache server unless --vo is given
-    ours = builder.to_params(source_url=source, sandbox_name=SANDBOX)
-    theirs = normalise_sandbox(prun_params(options), SANDBOX)
-    assert ours == theirs
+    _prefetch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert PrunTask(**fields).prun_args() == options  # so cliParams is the same command line
+    theirs = normalise_sandbox(prun_params(options, env=shell_of(fields)), SANDBOX)
+    assert builder_map(fields) == theirs
+
+
+def test_every_prun_option_of_the_builder_is_compared_with_prun():
+    """Each field is set by at least one case above (a new field without a case fails here)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(PrunTask)}
+    unset = set(defaults) - {"nickname", "extra", "cloud"}  # no prun option
+    unset -= {"input_file_list"}  # a local file: compared in test_a_file_list_read_from_a_file_is_prun_s
+    for _, fields, _ in CASES:
+        unset -= {k for k, v in fields.items() if v != defaults[k]}
+    assert unset == set()
 
 
 def test_the_witness_sees_a_difference():
@@ -123,6 +299,129 @@ def test_the_witness_sees_a_difference():
     fields, options = CASES[0][1], CASES[0][2]
     theirs = normalise_sandbox(prun_params([*options, "--memory", "1500"]), SANDBOX)
     assert PrunTask(**fields).to_params(source_url=CACHE, sandbox_name=SANDBOX) != theirs
+
+
+def test_a_file_list_read_from_a_file_is_prun_s(tmp_path):
+    names = tmp_path / "files.txt"
+    names.write_text("DAOD_PHYS.1234._000001.pool.root.1\n\n  DAOD_PHYS.1234._000007.pool.root.1  \n")
+    fields = dict(exec="ana %IN", out_ds="user.alice.list", in_ds="d.a", input_file_list=str(names))
+    options = PrunTask(**fields).prun_args()
+    assert options[-3:] == ["--inputFileList", str(names), "--noBuild"]
+    theirs = normalise_sandbox(prun_params(options), SANDBOX)
+    assert builder_map(fields) == theirs
+    [item] = [i for i in theirs["jobParameters"] if i.get("param_type") == "input"]
+    assert item["files"] == ["DAOD_PHYS.1234._000001.pool.root.1", "DAOD_PHYS.1234._000007.pool.root.1"]
+
+
+@pytest.mark.parametrize("names", [["a.root.1", "b.root.1"], '["a.root.1", "b.root.1"]'])
+def test_a_file_list_given_as_names_makes_the_same_map_but_for_the_command_line(tmp_path, names):
+    """prun reads --inputFileList from a file; names given in the DAG (e.g. an upstream's XCom) make the same
+    map, and cliParams records them in place of a file name."""
+    (tmp_path / "files.txt").write_text("a.root.1\nb.root.1\n")
+    fields = dict(exec="ana %IN", out_ds="user.alice.list2", in_ds="d.a", input_file_list=names)
+    ours = builder_map(fields)
+    theirs = normalise_sandbox(prun_params([*PrunTask(**fields).prun_args()[:-3], "--inputFileList",
+                                            str(tmp_path / "files.txt"), "--noBuild"]), SANDBOX)
+    assert ours.pop("cliParams").endswith('--inputFileList a.root.1,b.root.1 --noBuild')
+    theirs.pop("cliParams")
+    assert ours == theirs
+
+
+def test_prun_doubles_a_platform_given_alone_and_the_builder_does_not():
+    """prun 2.2.0, in a shell without $ALRB_USER_PLATFORM, appends --architecture to itself when it has no
+    '@', '#' or '&' part ('x86_64-el9-gcc13-opt' becomes 'x86_64-el9-gcc13-optx86_64-el9-gcc13-opt', which no
+    queue matches; on lxplus it becomes 'x86_64-el9-gcc13-opt@el9'): the builder sends the platform once. The
+    one place where the builder's map differs from prun's on purpose."""
+    fields = dict(exec="run.sh", out_ds="user.alice.arch", architecture=CMT)
+    theirs = normalise_sandbox(prun_params(PrunTask(**fields).prun_args()), SANDBOX)
+    assert theirs["architecture"] == CMT + CMT
+    theirs["architecture"] = CMT
+    assert builder_map(fields) == theirs
+
+
+# --- what prun refuses, the builder refuses before any request -----------------------------------
+
+#: (case id, a prun command line prun refuses, the builder's fields for it, words of the builder's message)
+REFUSED_BY_PRUN: list[tuple[str, list[str], dict[str, Any], str]] = [
+    ("size and files per job", ["--nGBPerJob", "10", "--nFilesPerJob", "5"], dict(n_gb_per_job=10, n_files_per_job=5),
+     "must be used exclusively"),
+    ("size and events per job", ["--nGBPerJob", "10", "--nEventsPerJob", "100"],
+     dict(n_gb_per_job=10, n_events_per_job=100), "can not be used simultaneously"),
+    ("size MAX and events per job", ["--nGBPerJob", "MAX", "--nEventsPerJob", "100"],
+     dict(n_gb_per_job="MAX", n_events_per_job=100), "can not be used simultaneously"),
+    ("size zero", ["--nGBPerJob", "0"], dict(n_gb_per_job=0), "n_gb_per_job must be a positive integer or 'MAX'"),
+    ("size not a number", ["--nGBPerJob", "ten"], dict(n_gb_per_job="ten"), "n_gb_per_job must be a positive"),
+    ("merge size zero", ["--mergeOutput", "--nGBPerMergeJob", "0"], dict(merge_output=True, n_gb_per_merge_job=0),
+     "n_gb_per_merge_job must be a positive integer or 'MAX'"),
+    ("input list without a stream", ["--writeInputToTxt", "in.txt"], dict(write_input_to_txt="in.txt"),
+     "must be StreamName:FileName"),
+    ("athena tag without a platform", ["--athenaTag", "AnalysisBase,24.2.35"], dict(athena_tag="AnalysisBase,24.2.35"),
+     "needs cmt_config"),
+    ("athena tag with a word size", ["--athenaTag", "17.2.1,64", "--cmtConfig", CMT],
+     dict(athena_tag="17.2.1,64", cmt_config=CMT), "is not supported (prun refuses it)"),
+    ("a DBRelease without its file", ["--exec", "athena.py %DB:ddo.x"], dict(exec="athena.py %DB:ddo.x"),
+     "must be %DB:<dataset>:<file> or %DB:LATEST"),
+    ("an output with two colons", ["--outputs", "a:b:c.root"], dict(outputs=["a:b:c.root"]), "suffix:name"),
+    ("an output suffix twice", ["--outputs", "a:x.root,a:y.root"], dict(outputs=["a:x.root", "a:y.root"]),
+     "suffix 'a'"),
+    ("eleven outputs", ["--outputs", ",".join(f"o{i}.root" for i in range(11))],
+     dict(outputs=[f"o{i}.root" for i in range(11)]), "at most 10"),
+    ("an output name with '$'", ["--outputs", "out$.root"], dict(outputs=["out$.root"]), "'$'"),
+    ("an output name with '/'", ["--outputs", "dir/out.root"], dict(outputs=["dir/out.root"]), "'/'"),
+    ("an output container too long", ["--outDS", "user.alice." + "x" * 110, "--outputs", "a" * 20 + ".root"],
+     dict(out_ds="user.alice." + "x" * 110, outputs=["a" * 20 + ".root"]), "output container"),
+    ("a pattern that is no regular expression", ["--outputs", "o.root", "--allowNoOutput", "o(.root"],
+     dict(outputs=["o.root"], allow_no_output=["o(.root"]), "is not a regular expression"),
+    ("architecture of broken JSON", ["--architecture", '{"gpu_spec": '], dict(architecture='{"gpu_spec": '),
+     "is not JSON"),
+]
+
+
+@pytest.mark.parametrize("options, fields, words", [c[1:] for c in REFUSED_BY_PRUN],
+                         ids=[c[0] for c in REFUSED_BY_PRUN])
+def test_what_prun_refuses_the_builder_refuses(options, fields, words):
+    _prefetch()
+    [answer] = witness([make_case(refused_argv(options))])
+    assert "params" not in answer, f"prun accepted {refused_argv(options)}"
+    with pytest.raises(PandaInputError) as info:
+        PrunTask(**{"exec": "ana %IN", "out_ds": "user.alice.refused", "in_ds": "d.a", **fields})
+    assert words in str(info.value)
+
+
+def refused_argv(options: list[str]) -> list[str]:
+    """A command line prun would take, with these options added (replacing --exec, --outDS if given)."""
+    base = {"--exec": "ana %IN", "--outDS": "user.alice.refused", "--inDS": "d.a"}
+    return [x for k, v in base.items() if k not in options for x in (k, v)] + ["--noBuild", *options]
+
+
+#: (out_ds, official, merged outputs, accepted): prun's check of --outDS before it submits (not made in dry
+#: mode; run on its own for user alice, with a production role in phys-higgs)
+OUT_DS_RULES = [
+    ("user.alice.ana.v1", False, False, True),
+    ("user.bob.ana.v1", False, False, True),  # the builder checks the nickname only when it is given
+    ("group.phys-higgs.ana.v1", False, False, False),
+    ("group.phys-higgs.ana.v1", True, False, True),
+    ("group15.phys-higgs.ana.v1", True, False, True),
+    ("user.alice.ana.v1", True, False, False),
+    ("user.alice." + "x" * 108, False, True, True),  # 120 with its '/'
+    ("user.alice." + "x" * 109, False, True, False),
+    ("user.alice." + "x" * 109, False, False, True),
+    ("user.alice.ana;v1", False, False, False),
+]
+
+
+@pytest.mark.parametrize("out_ds, official, merge, accepted", OUT_DS_RULES)
+def test_output_names_follow_prun_s_rules(out_ds, official, merge, accepted):
+    [answer] = witness([{"mode": "out_ds", "out_ds": out_ds + "/", "official": official, "merge": merge,
+                         "nickname": "bob" if out_ds.startswith("user.bob.") else "alice",
+                         "groups": ["phys-higgs"]}])
+    assert answer["accepted"] is accepted
+    fields = dict(exec="echo", out_ds=out_ds, official=official, merge_output=merge)
+    if accepted:
+        PrunTask(**fields)
+    else:
+        with pytest.raises(PandaInputError):
+            PrunTask(**fields)
 
 
 # --- bad inputs --------------------------------------------------------------------------------
@@ -152,11 +451,6 @@ BAD_FIELDS = [
     ("zero events per job", dict(GOOD, n_events_per_job=0), "n_events_per_job must be a positive integer"),
     ("float memory", dict(GOOD, memory=2.5), "memory must be a positive integer"),
     ("bool cores", dict(GOOD, cores=True), "cores must be a positive integer"),
-    ("too many attempts", dict(GOOD, max_attempt=51), "at most 50"),
-    ("files per job without input", dict(GOOD, n_files_per_job=2), "needs an input dataset"),
-    ("unknown placeholder", dict(GOOD, exec="run %INPUT"), "%INPUT"),
-    ("%IN without input", dict(GOOD, exec="cat %IN"), "no input dataset"),
-    ("%DB not supported", dict(GOOD, exec="run %DB:ddo.x:DBRelease.tgz"), "%DB"),
     ("bad secondary stream", dict(GOOD, in_ds="d.a", secondary=[SecondaryInput("bkg", "d.b", 1)]), "stream name"),
     ("bad site", dict(GOOD, site="ANALY X"), "site names"),
     ("bad vo", dict(GOOD, vo="ATLAS!"), "vo must be"),
@@ -164,6 +458,11 @@ BAD_FIELDS = [
     ("container with space", dict(GOOD, container_image="docker://a b"), "container_image"),
     ("extra overrides taskName", dict(GOOD, extra={"taskName": "x"}), "may not set"),
     ("build without sandbox", dict(GOOD, build=True), "needs a sandbox"),
+    ("group name without official", dict(GOOD, out_ds="group.phys-higgs.x"), "needs official=True"),
+    ("user name with official", dict(GOOD, official=True), "'group.<group>.'"),
+    ("merged out_ds too long", dict(GOOD, out_ds="user.alice." + "x" * 109, merge_output=True), "at most 120"),
+    ("athena packages without a release", dict(GOOD, use_athena_packages=True, sandbox="."), "athena_tag="),
+    ("a Jinja statement in shell text", dict(GOOD, exec="printf '{%s}' x"), "{% raw %}"),
 ]
 
 
@@ -374,7 +673,7 @@ def test_decorator_bad_description_fails_before_any_request(_conn, panda_server)
 
     @task.panda
     def bad():
-        return {"exec": "cat %IN", "out_ds": "user.alice.deco_bad"}
+        return {"exec": "cat %IN", "out_ds": "user.alice.deco_bad", "n_gb_per_job": 5, "n_events_per_job": 9}
 
     bad()
     """

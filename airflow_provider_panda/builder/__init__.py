@@ -2,10 +2,10 @@
 
 ``PrunTask(exec=..., out_ds=..., in_ds=..., outputs=[...], n_jobs=...)`` holds what a user gives prun on
 the command line; :meth:`PrunTask.to_params` returns the map ``prun`` (panda-client 2.2.0) builds for
-the same options, checked before anything is sent: names follow PanDA's and Rucio's rules, counts are
-positive, placeholders in ``exec`` are ones prun knows. A sandbox directory is packed into a tarball and
-uploaded with :meth:`PandaHook.put_file` (an identical one already on the server is reused), as prun does
-with the working directory.
+the same options, checked before anything is sent, and refused only where prun refuses or PanDA would
+reject the task: names follow PanDA's and Rucio's rules, counts are positive. A sandbox directory is packed
+into a tarball and uploaded with :meth:`PandaHook.put_file` (an identical one already on the server is
+reused), as prun does with the working directory.
 
 Importing this module is cheap (no hook, no HTTP library): the operator converts a builder at run time.
 """
@@ -33,8 +33,8 @@ __all__ = ["DEFAULT_SOURCE_URL", "EXEC_PLACEHOLDERS", "PRUN_VERSION", "PrunTask"
 
 
 def build_task_params(task: PrunTask | Mapping[str, Any], hook: PandaHook) -> dict[str, Any]:
-    """The map to submit for a builder (or its dict): checked, sandbox uploaded, URLs from the connection."""
-    builder = PrunTask.from_dict(task)
+    """The map to submit for a builder (or its rendered dict): checked, sandbox uploaded, URLs from the connection."""
+    builder = PrunTask.from_rendered(task)
     builder.check()
     name = upload_sandbox(hook, builder)  # packing checks the directory before the upload
     config = hook.config

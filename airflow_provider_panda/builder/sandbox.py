@@ -72,5 +72,5 @@ def upload_sandbox(hook: PandaHook, task: PrunTask) -> str | None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="panda-sandbox-") as tmp:
-        path = pack_sandbox(task.sandbox, build=task.build, target_dir=tmp)
+        path = pack_sandbox(task.sandbox, build=task._builds(), target_dir=tmp)  # a container never builds
         return hook.put_file(path, use_cache_server=task.vo is None, reuse_sandbox=True)
