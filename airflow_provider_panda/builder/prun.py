@@ -1058,7 +1058,10 @@ def _warn(message: str) -> None:
 
 def _count(value: Any, what: str, other: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PandaInputError(f"{what} must be a positive integer{other}, got {value!r:.40}")
+        # prun reads 0 or less as "not given"; here that is None, and 0 is more likely an empty upstream value
+        unset = " (prun reads 0 or less as not given: leave the field out for that)" \
+            if isinstance(value, int) and not isinstance(value, bool) else ""
+        raise PandaInputError(f"{what} must be a positive integer{other}, got {value!r:.40}{unset}")
     return value
 
 
