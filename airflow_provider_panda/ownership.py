@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_panda import api
+from airflow_provider_panda.arguments import MAX_AUTO_RETRIES
 from airflow_provider_panda.waiting import FAILURE, StaleMark, WaitSpec
 
 #: The task parameter naming the Airflow task instance that submitted a task (JEDI keeps keys it
@@ -107,13 +108,13 @@ def name_taken_hint(if_exists: str) -> str:
             "or set if_exists='adopt' to wait on that task, or if_exists='reexecute' to re-run it on new input")
 
 
-def after_failure(status: str | None, *, reattached: bool, retries_done: int, auto_retries: int) -> str:
+def after_failure(status: str | None, *, reattached: bool, retries_done: int, has_policy: bool) -> str:
     """A wait ended badly: re-execute a task aborted while this try waited on the earlier try's
-    task (that try's ``cancel_on_kill`` racing this start), spend an automatic PanDA retry,
-    fail at once for a broken task, or let the failure stand (:data:`FAIL`)."""
+    task (that try's ``cancel_on_kill`` racing this start), ask the retry policy (:data:`RETRY`:
+    it decides whether and how), fail at once for a broken task, or let the failure stand (:data:`FAIL`)."""
     if status == "aborted" and reattached:
         return REEXECUTE
-    if retries_done < auto_retries and status in api.COMMAND_ALLOWED_FROM["retry"]:
+    if has_policy and retries_done < MAX_AUTO_RETRIES and status in api.COMMAND_ALLOWED_FROM["retry"]:
         return RETRY
     if status == "broken":
         return BROKEN

@@ -21,14 +21,16 @@ def _best_effort(read: Any, log: Any, what: str) -> Any:
         return None
 
 
-def failed_attempt(hook: PandaHook, task_id: int, status: str, log: Any = None) -> tuple[dict[str, Any], Any]:
+def failed_attempt(hook: PandaHook, task_id: int, status: str,
+                   log: Any = None) -> tuple[dict[str, Any], Any, list[dict[str, Any] | None]]:
     """One failed attempt, for the log and the final report: ``{"attempt", "status", "reason"}``
-    (the task's ``errorDialog`` and the commonest errors of its newest jobs), and the task's details."""
+    (the task's ``errorDialog`` and the commonest errors of its newest jobs), the task's details and
+    that bounded sample of its jobs (what a retry policy's diagnosis reads)."""
     info = _best_effort(lambda: hook.get_task_info(task_id), log, "the task's details")
-    jobs = _best_effort(lambda: hook.get_task_jobs(task_id), log, "the task's newest jobs")
+    jobs = _best_effort(lambda: hook.get_task_jobs(task_id), log, "the task's newest jobs") or []
     attempt = (info or {}).get("attemptNr")
     return {"attempt": attempt if isinstance(attempt, int) else None, "status": status,
-            "reason": attempt_reason(info, jobs)}, info
+            "reason": attempt_reason(info, jobs)}, info, jobs
 
 
 def task_failed(hook: PandaHook, task_id: int, status: str | None, log: Any = None,

@@ -105,6 +105,8 @@ class Decision:
     wrong one is refused before anything is sent). ``increase`` is the number of attempts an
     :data:`INCREASE_ATTEMPTS` adds. ``suggested`` is, with a :data:`STOP`, what a resubmission
     should change (e.g. a longer ``maxWalltime``), for the user to read: nothing is sent with it.
+    ``final`` with a :data:`STOP` says no retry of any kind can help (the task's own code fails
+    everywhere): the operator then fails without spending Airflow retries either.
     """
 
     action: str
@@ -112,6 +114,7 @@ class Decision:
     new_params: dict[str, Any] = field(default_factory=dict)
     increase: int = 0
     suggested: dict[str, Any] = field(default_factory=dict)
+    final: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -130,7 +133,7 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "reason": self.reason, "new_params": dict(self.new_params),
-                "increase": self.increase, "suggested": dict(self.suggested)}
+                "increase": self.increase, "suggested": dict(self.suggested), "final": self.final}
 
 
 @runtime_checkable
@@ -275,7 +278,7 @@ class DefaultRetryPolicy:
         codes = ", ".join(str(c) for c in diagnosis.exit_codes[:3])
         what = f"the payload's own exit code ({codes})" if codes else "an error of the task's own code or definition"
         return Decision(STOP, f"{diagnosis.evidence}; not retried: {what} fails on every site, so another attempt "
-                              "would only spend grid time. Fix the code and submit the task again")
+                              "would only spend grid time. Fix the code and submit the task again", final=True)
 
     def _memory(self, diagnosis: Diagnosis, attempts_so_far: int) -> Decision:
         unit = diagnosis.ram_unit or "MB"
@@ -367,9 +370,9 @@ def policy_for(retry_policy: RetryPolicy | None = None, auto_retries: int = 0,
     is refused (which would count?); ``retry_new_params`` alone keeps its other uses."""
     if retry_policy is not None:
         if auto_retries:
-            raise PandaInputError("give retry_policy or auto_retries (with retry_new_params), not both")
+            raise PandaInputError("give auto_retry_policy or auto_retries (with retry_new_params), not both")
         if not callable(retry_policy):
-            raise PandaInputError(f"retry_policy must be callable as policy(diagnosis, attempts_so_far), got "
+            raise PandaInputError(f"auto_retry_policy must be callable as policy(diagnosis, attempts_so_far), got "
                                   f"{retry_policy!r:.60}")
         return retry_policy
     if auto_retries:

@@ -461,7 +461,9 @@ def failure_message(task_id: int, status: str | None, info: dict[str, Any] | Non
         lines.append(f"  Earlier attempts ({len(attempts)}):")
         for attempt in attempts:
             retried = attempt.get("retried_with")
-            lines.append(f"    {attempt_line(attempt)}" + (f"; retried with {retried}" if retried else "; retried"))
+            then = ("; its lost files recovered" if attempt.get("action") == "recover" else
+                    f"; retried with {retried}" if retried else "; retried")
+            lines.append(f"    {attempt_line(attempt)}{then}")
     if status in NEXT_STEP:
         lines.append(f"  Next: {NEXT_STEP[status]}")
     lines.append(f"Monitor: {monitor_url}")

@@ -13,10 +13,12 @@ JEDI_TASK_ID = "jedi_task_id"
 MONITOR_URL = "panda_monitor_url"
 #: After a successful wait: the output and log datasets with their file counts (assets.py).
 OUTPUT_DATASETS = "output_datasets"
+#: The automatic retries' record: each failed attempt, why it failed, what was decided and sent.
+ATTEMPTS = "panda_attempts"
 #: A command's mark: what the task said before a retry, recovery, kill, finish or re-execution (marks.py).
 COMMAND_MARK = "panda_command"
 
-__all__ = ["COMMAND_MARK", "JEDI_TASK_ID", "MONITOR_URL", "OUTPUT_DATASETS", "push_task"]
+__all__ = ["ATTEMPTS", "COMMAND_MARK", "JEDI_TASK_ID", "MONITOR_URL", "OUTPUT_DATASETS", "push_task"]
 
 
 def push_task(ti: Any, task_id: int, monitor_url: str) -> None:

@@ -1,6 +1,11 @@
-"""Builder tasks on the real panda-server + JEDI (``REAL_PANDA=1``): a no-input task and one with a
-sandbox, submitted by SubmitTaskOperator(panda_task=PrunTask(...)) in real DAG runs; a stand-in pilot takes
-their jobs (checking the sandbox reached them) and ends them, and JEDI brings the tasks to ``done``."""
+"""Builder tasks on the real panda-server + JEDI (``REAL_PANDA=1``): a no-input task, one with a sandbox,
+one with merged outputs and one writing its input list to a file, submitted by
+SubmitTaskOperator(panda_task=PrunTask(...)) in real DAG runs; a stand-in pilot takes their jobs (checking
+the sandbox and the options reached them) and ends them, and JEDI brings the tasks to ``done``.
+
+The harness has no storage: its DDM knows no dataset, so a task with an input dataset cannot be run here
+(JEDI finds no file to process); the input list task has no input dataset, and shows that PanDA takes
+the option and hands it to the job."""
 
 from __future__ import annotations
 
@@ -95,3 +100,79 @@ def test_real_builder_task_with_a_sandbox_runs_to_done(backend, tmp_path):
     archive = next(i["value"][3:] for i in params["jobParameters"] if i["value"].startswith("-a "))
     assert archive.startswith("jobO.") and params["sourceURL"] == backend.url
     assert all(archive in json.dumps(job) for job in pilot.jobs), "the jobs do not name the sandbox"
+
+
+FINAL = ("done", "finished", "failed", "broken", "aborted", "exhausted")
+
+
+def pilot_until_final(backend: RealBackend, task_name: str) -> threading.Thread:
+    """Like pilot_for, but keeps taking the task's jobs (merge jobs come once the others are done) until
+    the task ends; the jobs taken are kept in ``.jobs``, the task's last status in ``.status``."""
+    errors: list[BaseException] = []
+    jobs: list[dict] = []
+    status: list[str] = []
+
+    def work() -> None:
+        try:
+            hook = PandaHook()
+            deadline = time.monotonic() + 2 * backend.timeout
+            task_id = None
+            while task_id is None and time.monotonic() < deadline:
+                tasks = hook.get_tasks_modified_since("2000-01-01 00:00:00")
+                task_id = next((t for t, info in tasks.items() if info["taskName"] == task_name), None)
+                time.sleep(1)
+            while time.monotonic() < deadline:
+                taken = backend.pilot.acquire(task_id)
+                for job in taken:
+                    jobs.append(job)
+                    backend.pilot.report(job, succeed=True)
+                status[:] = [hook.get_task_status(task_id)]
+                if status[0] in FINAL:
+                    return
+                if not taken:
+                    time.sleep(1)
+            raise TimeoutError(f"{task_name} is still {status} after {len(jobs)} jobs")
+        except BaseException as exc:  # surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.jobs = jobs  # type: ignore[attr-defined]
+    thread.status = status  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_real_builder_task_with_merged_outputs_runs_to_done(backend, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "run.sh").write_text("echo hello > out.root\n")
+    out_ds = f"user.alice.builder.merge.{uuid.uuid4().hex[:10]}"
+    pilot = pilot_until_final(backend, out_ds + "/")
+    run = run_dag(builder_source(out_ds, exec="sh run.sh", sandbox=str(work), outputs=["out.root"],
+                                 merge_output=True, merge_log=True))
+    pilot.join(2 * backend.timeout)
+    assert not pilot.errors and run.states == {"submit": "success"}, (pilot.errors, pilot.status)
+    task_id = run.xcom("submit")
+    assert PandaHook().get_task_status(task_id) == "done"
+    params = PandaHook().get_task_params(task_id)
+    assert params["mergeOutput"] is True and "${TRN_OUTPUT:OUTPUT}" in params["mergeSpec"]["jobParameters"]
+    merges = [job for job in pilot.jobs if job.get("processingType") == "pmerge"]
+    assert merges, f"no merge job among {[job.get('processingType') for job in pilot.jobs]}"
+    archive = next(i["value"][3:] for i in params["jobParameters"] if i["value"].startswith("-a "))
+    assert all(archive in json.dumps(job) for job in merges), "the merge jobs do not name the sandbox"
+
+
+def test_real_builder_task_writing_its_input_list_runs_to_done(backend):
+    out_ds = f"user.alice.builder.txt.{uuid.uuid4().hex[:10]}"
+    pilot = pilot_for(backend, out_ds + "/")
+    run = run_dag(builder_source(out_ds, exec="python ana.py --files in.txt", write_input_to_txt="IN:in.txt",
+                                 max_files_per_job=500))
+    pilot.join(5)
+    assert not pilot.errors and run.states == {"submit": "success"}, pilot.errors
+    task_id = run.xcom("submit")
+    assert PandaHook().get_task_status(task_id) == "done"
+    params = PandaHook().get_task_params(task_id)
+    assert params["nMaxFilesPerJob"] == 500
+    assert all("--writeInputToTxt IN:in.txt" in json.dumps(job) for job in pilot.jobs), \
+        "the jobs are not told to write their input list"

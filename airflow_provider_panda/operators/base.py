@@ -237,6 +237,8 @@ class PandaWaitingOperator(PandaBaseOperator):
         """The wait's verdict as the operator's outcome: the jediTaskID, or an error that says why."""
         from airflow_provider_panda.reports import task_failed
 
+        if attempts:
+            context["ti"].xcom_push(key=xcom.ATTEMPTS, value=list(attempts))
         if verdict == SUCCESS:
             self.log.info("PanDA task %s ended %s%s: %s", task_id, status,
                           f" after {len(attempts) + 1} attempts" if attempts else "", self.hook.monitor_url(task_id))
@@ -278,9 +280,13 @@ class PandaWaitingOperator(PandaBaseOperator):
         is set; otherwise it only stops the wait."""
         if self._jedi_task_id is None:
             return
+        if not self.owns_task:
+            self.log.info("The Airflow task was killed: stopped waiting on PanDA task %s (a command already sent "
+                          "stands)", self._jedi_task_id)
+            return
         if not self.cancel_on_kill:
-            self.log.info("The Airflow task was killed: stopped waiting on PanDA task %s (it is left as it is%s)",
-                          self._jedi_task_id, "" if not self.owns_task else "; cancel_on_kill is off")
+            self.log.info("The Airflow task was killed; PanDA task %s is left running (cancel_on_kill is off)",
+                          self._jedi_task_id)
             return
         try:
             self.hook.kill_own_task(self._jedi_task_id, ON_KILL_BUDGET)

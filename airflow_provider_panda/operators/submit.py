@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_panda import api, arguments, ownership
 from airflow_provider_panda.calls import as_task_id, check_task_params
@@ -22,7 +22,7 @@ from airflow_provider_panda.exceptions import (
 )
 from airflow_provider_panda.operators.base import PandaWaitingOperator, fail_without_retry
 from airflow_provider_panda.ownership import Attached
-from airflow_provider_panda.waiting import FAILURE, StaleMark, TaskSource, TaskWatch, WaitSpec, attempt_line, wait_until
+from airflow_provider_panda.waiting import FAILURE, StaleMark, TaskSource, TaskWatch, WaitSpec, wait_until
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,6 +32,15 @@ def task_instance_key(context: Context) -> str:
     """The owner key of the task instance running with ``context`` (:func:`ownership.instance_key`)."""
     ti = context["ti"]
     return ownership.instance_key(ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+
+
+class _Followed(NamedTuple):
+    """What following the retry policy came to: a new wait's outcome, or the failure standing."""
+
+    attempts: list[dict[str, Any]]
+    hopeless: bool = False
+    result: Any = None
+    waited: bool = False
 
 
 def _state_store(context: Context) -> Any:
@@ -59,7 +68,12 @@ class SubmitTaskOperator(PandaWaitingOperator):
         those that fail at once (default: every stop status that is not a success).
     :param allow_partial: ``finished`` (some jobs failed) succeeds too.
     :param auto_retries: on a failing status, ask PanDA to retry the task up to this many times.
-    :param retry_new_params: parameters merged into the task on each PanDA retry.
+    :param retry_new_params: parameters merged into the task on each PanDA retry (only keys PanDA
+        applies on a retry, :data:`~airflow_provider_panda.retry_policy.RETRY_KEYS`).
+    :param auto_retry_policy: instead of ``auto_retries``, a policy that reads why the attempt failed and
+        decides (:class:`~airflow_provider_panda.retry_policy.DefaultRetryPolicy`: more memory, shorter
+        jobs, other sites, no retry for the task's own code; or any ``policy(diagnosis, retries_so_far)``
+        returning a :class:`~airflow_provider_panda.retry_policy.Decision`).
     :param if_exists: the taskName is held by a task this instance did not submit: ``fail``
         (default, before anything changes on the server), ``adopt`` (wait on that task as if it
         were ours) or ``reexecute`` (PanDA's incremental execution: re-run that finished task on
@@ -90,6 +104,7 @@ class SubmitTaskOperator(PandaWaitingOperator):
         retry_new_params: dict[str, Any] | None = None,
         parent_task_id: int | str | None = None,
         if_exists: str = "fail",
+        auto_retry_policy: Any = None,
         task: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -111,10 +126,13 @@ class SubmitTaskOperator(PandaWaitingOperator):
         self.panda_task = panda_task
         self.auto_retries = arguments.auto_retries(auto_retries)
         self.retry_new_params = retry_new_params
+        # not ``retry_policy``: Airflow >= 3.3's BaseOperator has one, for Airflow's own retries
+        self.auto_retry_policy = auto_retry_policy
+        self._policy()  # a bad policy or retry parameter fails at DAG parse
         self.parent_task_id = parent_task_id
         self.if_exists = arguments.one_of(if_exists, "if_exists", ownership.IF_EXISTS)
-        if not wait_for_completion and (auto_retries or retry_new_params):
-            arguments.no_effect(type(self).__name__, "auto_retries and retry_new_params",
+        if not wait_for_completion and self._policy() is not None:
+            arguments.no_effect(type(self).__name__, "auto_retries or auto_retry_policy",
                                 "they act when a wait sees the task fail, and wait_for_completion is False")
 
     def render_template(self, content: Any, context: Any, jinja_env: Any = None, seen_oids: Any = None) -> Any:
@@ -357,13 +375,19 @@ class SubmitTaskOperator(PandaWaitingOperator):
         action = ownership.FAIL
         if verdict == FAILURE:
             action = ownership.after_failure(status, reattached=reattached, retries_done=retries_done,
-                                             auto_retries=self.auto_retries)
+                                             has_policy=self._policy() is not None)
         if action == ownership.REEXECUTE:
             return self._reexecute_aborted(context, task_id, end_time, retries_done, attempts)
         if action == ownership.RETRY:
-            waited = self._retry_failed(context, task_id, status, end_time, retries_done, attempts)
-            if waited is not None:
-                return waited
+            followed = self._follow_policy(context, task_id, status, end_time, retries_done, attempts)
+            if followed.waited:
+                return followed.result
+            attempts = followed.attempts
+            if followed.hopeless:  # the task's own code fails everywhere: no Airflow retry either
+                from airflow_provider_panda.reports import task_failed
+
+                report = task_failed(self.hook, task_id, status, self.log, attempts)
+                raise fail_without_retry(f"{report} No Airflow retry is spent on it.", report)
         if action == ownership.BROKEN:
             self._broken(task_id)
         return super()._conclude(context, task_id, verdict, status, end_time=end_time, attempts=attempts)
@@ -393,22 +417,47 @@ class SubmitTaskOperator(PandaWaitingOperator):
             self._sent(context, task_id, stale)
         return self._wait(context, answered, end_time, stale=stale, retries_done=retries_done, attempts=attempts)
 
-    def _retry_failed(self, context: Context, task_id: int, status: str | None, end_time: float | None,
-                      retries_done: int, attempts: list[dict[str, Any]]) -> Any:
-        """One automatic PanDA retry, logged with why the attempt failed; None if PanDA refused it."""
+    def _policy(self) -> Any:
+        """The PanDA retry policy this operator follows (auto_retry_policy, else auto_retries with the rendered
+        retry_new_params), or None for no automatic retry."""
+        from airflow_provider_panda.retry_policy import policy_for
+
+        return policy_for(self.auto_retry_policy, self.auto_retries, self.retry_new_params)
+
+    def _follow_policy(self, context: Context, task_id: int, status: str | None, end_time: float | None,
+                       retries_done: int, attempts: list[dict[str, Any]]) -> _Followed:
+        """Diagnose the failed attempt (task-level facts and a bounded sample of its jobs), ask the
+        retry policy what to do, log the decision with its evidence, and do it: a retry (with the
+        policy's parameters) or a file recovery, then wait again (the wait's outcome is returned).
+        When the policy stops, or PanDA refuses what it asked: the earlier attempts, and whether the
+        failure is the task's own code (then no Airflow retry helps either)."""
+        from airflow_provider_panda import retry_policy as policies
+        from airflow_provider_panda.diagnosis import diagnose
         from airflow_provider_panda.reports import failed_attempt
 
-        attempt, info = failed_attempt(self.hook, task_id, status, self.log)
-        stale = StaleMark.of(status, info, "retry")
+        attempt, info, jobs = failed_attempt(self.hook, task_id, status, self.log)
+        diagnosis = diagnose(info, jobs, status=status)
+        decision = self._policy()(diagnosis, retries_done)
+        attempt["decision"] = decision.reason
+        if decision.action not in (policies.RETRY, policies.RECOVER):
+            self.log.warning("PanDA task %s: %s ended %s: %s", task_id, f"attempt {attempt['attempt']}", status,
+                             decision.reason)
+            return _Followed(attempts, decision.action == policies.STOP and decision.final)
+        command = "retry" if decision.action == policies.RETRY else "file recovery"
+        stale = StaleMark.of(status or "failed", info, command)
         try:
-            self.hook.retry_task(task_id, self.retry_new_params)
+            if decision.action == policies.RETRY:
+                self.hook.retry_task(task_id, decision.new_params or None)
+            else:
+                self.hook.send_file_recovery_request(task_id)
         except PandaCommandRejected as exc:
-            self.log.warning("PanDA refused to retry task %s: %s", task_id, exc.server_message)
-            return None
+            self.log.warning("PanDA refused the %s of task %s: %s", command, task_id, exc.server_message)
+            return _Followed(attempts)
         self._sent(context, task_id, stale)
-        attempt["retried_with"] = dict(self.retry_new_params or {})
-        self.log.warning("PanDA task %s: %s; automatic retry %d of %d%s", task_id, attempt_line(attempt),
-                         retries_done + 1, self.auto_retries,
-                         f" with {attempt['retried_with']}" if attempt["retried_with"] else "")
-        return self._wait(context, task_id, end_time, stale=stale, retries_done=retries_done + 1,
-                          attempts=[*attempts, attempt])
+        attempt["retried_with"] = dict(decision.new_params) if decision.action == policies.RETRY else {}
+        attempt["action"] = decision.action
+        self.log.warning("PanDA task %s: attempt %s ended %s: %s (automatic %s %d)", task_id, attempt["attempt"],
+                         status, decision.reason, command, retries_done + 1)
+        result = self._wait(context, task_id, end_time, stale=stale, retries_done=retries_done + 1,
+                            attempts=[*attempts, attempt])
+        return _Followed([*attempts, attempt], result=result, waited=True)

@@ -148,6 +148,7 @@ class Job:
             "supErrorDiag": None, "taskBufferErrorCode": 0, "taskBufferErrorDiag": None,
             "brokerageErrorCode": 0, "brokerageErrorDiag": None, "jobDispatcherErrorCode": 0,
             "jobDispatcherErrorDiag": None, "Files": [],
+            "minRamCount": task.params.get("ramCount"), "maxWalltime": task.params.get("walltime"),
         }
         info.update(self.error)
         return info
@@ -206,6 +207,8 @@ class PandaSim:
         self.clock = Clock()
         self.step = step
         self.rules: list[tuple[re.Pattern[str], list[str]]] = []
+        #: What failed jobs report, per task-name pattern and attempt (default: FAILED_JOB_ERROR).
+        self.job_errors: list[tuple[re.Pattern[str], list[dict[str, Any]]]] = []
         self.set_rules(rules or [])
         self.lock = threading.RLock()
         self.tasks: dict[int, Task] = {}
@@ -241,6 +244,18 @@ class PandaSim:
         """Put one rule in front of the others."""
         with self.lock:
             self.rules.insert(0, (re.compile(pattern), check_outcomes(outcomes)))
+
+    def add_job_errors(self, pattern: str, errors: list[dict[str, Any]]) -> None:
+        """Failed jobs of tasks named like ``pattern`` report ``errors[attempt]`` (the last repeats):
+        e.g. ``{"pilotErrorCode": 1212, "transExitCode": 0, ...}`` for jobs killed for memory."""
+        with self.lock:
+            self.job_errors.insert(0, (re.compile(pattern), [dict(e) for e in errors]))
+
+    def _job_error(self, task: Task) -> dict[str, Any]:
+        for pattern, errors in self.job_errors:
+            if pattern.search(task.name):
+                return dict(errors[min(task.attempt, len(errors) - 1)])
+        return dict(FAILED_JOB_ERROR)
 
     def _outcomes_for(self, name: str, params: dict[str, Any]) -> list[str]:
         for pattern, outcomes in self.rules:
@@ -322,7 +337,7 @@ class PandaSim:
             if status == "broken":
                 job.status = "cancelled"
             elif fail:
-                job.status, job.error = "failed", dict(FAILED_JOB_ERROR)
+                job.status, job.error = "failed", self._job_error(task)
             else:
                 job.status = "finished"
             job.modified = wall
@@ -613,6 +628,7 @@ class PandaSim:
                 "nFiles": n_files, "nFilesFinished": min(finished, n_files), "nFilesFailed": min(failed, n_files),
                 "nFilesMissing": 0, "pctFinished": round(100 * min(finished, n_files) / n_files),
                 "pctFailed": round(100 * min(failed, n_files) / n_files), "raw_task_params": dict(task.params),
+                "ramCount": task.params.get("ramCount"), "ramUnit": task.params.get("ramUnit"),
             }
 
     def find(self, user: User, criteria: dict[str, Any], limit: int) -> list[dict[str, Any]]:
@@ -663,7 +679,7 @@ class PandaSim:
         job = Job(panda_id, task.task_id, status, task.attempt + 1, task.params.get("site") or "TEST_SITE",
                   task.created, task.modified)
         if status == "failed":
-            job.error = dict(FAILED_JOB_ERROR)
+            job.error = self._job_error(task)
         return job
 
     def kill_jobs(self, job_ids: list[int], user: User, prod: bool) -> list[bool]:

@@ -90,7 +90,8 @@ def test_only_ended_tasks_are_reexecuted():
     ("broken", True, 0, 0, BROKEN),
 ])
 def test_what_a_failed_wait_asks_for(status, reattached, done, allowed, action):
-    assert ownership.after_failure(status, reattached=reattached, retries_done=done, auto_retries=allowed) == action
+    decided = ownership.after_failure(status, reattached=reattached, retries_done=done, has_policy=allowed > done)
+    assert decided == action
 
 
 def test_a_reexecution_asks_for_the_duplicate_check_and_the_new_parameters():

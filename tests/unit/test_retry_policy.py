@@ -159,7 +159,7 @@ def test_site_errors_with_no_site_to_exclude_get_one_plain_retry():
 def test_user_code_stops_at_once_with_the_reason():
     d = diagnose(info(), spread(40, transExitCode=1, pilotErrorCode=1305))
     decision = POLICY(d, 0)
-    assert (decision.action, decision.acts) == (STOP, False)
+    assert (decision.action, decision.acts, decision.final) == (STOP, False, True)
     assert decision.reason.startswith("40 of 40 failed jobs: payload exit code 1 at 3 sites; not retried: the "
                                       "payload's own exit code (1) fails on every site")
 
@@ -259,7 +259,7 @@ def test_the_retry_keys_are_the_servers():
 def test_a_decision_goes_into_xcom():
     decision = Decision(RETRY, "r", {"ramCount": 6000})
     assert decision.to_dict() == {"action": "retry", "reason": "r", "new_params": {"ramCount": 6000},
-                                  "increase": 0, "suggested": {}}
+                                  "increase": 0, "suggested": {}, "final": False}
 
 
 # --- the simple form and the custom form ------------------------------------------------------
@@ -302,3 +302,8 @@ def test_a_custom_policy_is_a_few_lines():
     assert isinstance(double_memory_twice, RetryPolicy) and isinstance(POLICY, RetryPolicy)
     assert double_memory_twice(memory(4000), 0).new_params == {"ramCount": 8000}
     assert double_memory_twice(memory(4000), 2).new_params == {"ramCount": 6000}
+
+
+def test_only_the_tasks_own_code_is_final():
+    """A stop for the task's own code tells the operator to spend no Airflow retry either."""
+    assert Decision(STOP, "r", final=True).final and not Decision(STOP, "r").final
