@@ -64,3 +64,22 @@ def test_a_policy_is_a_few_lines(panda_server, capfd):
     assert run.states == {"submit": "success"}
     [task] = [t for t in panda_server.sim.tasks.values() if t.name == params["taskName"]]
     assert task.params["ramCount"] == 2000 and "one retry with 2 GB" in "".join(capfd.readouterr())
+
+
+def test_retry_operator_follows_a_policy(panda_server, hook):
+    """RetryTaskOperator(auto_retry_policy=...): memory → more memory; the task's own code → no retry."""
+    from conftest import wait_status
+
+    memory = params_with_outcomes(panda_server, ["failed", "done"], "retrymem", ramCount=2000)
+    panda_server.sim.add_job_errors(re.escape(memory["taskName"]) + "$", [MEMORY])
+    own_code = params_with_outcomes(panda_server, ["failed", "done"], "retrycode")
+    ids = {name: hook.submit_task(p) for name, p in (("memory", memory), ("own_code", own_code))}
+    for task_id in ids.values():
+        wait_status(hook, task_id, {"failed"})
+    run = run_dag(POLICY + "for name, tid in $ids.items():\n"
+                  "    RetryTaskOperator(task_id=name, jedi_task_id=tid, wait_for_completion=True, poll_interval=0.2,"
+                  " auto_retry_policy=DefaultRetryPolicy())\n", ids=repr(ids))
+    assert run.states == {"memory": "success", "own_code": "failed"}
+    tasks = panda_server.sim.tasks
+    assert tasks[ids["memory"]].params["ramCount"] == 3000 and tasks[ids["memory"]].attempt == 1
+    assert tasks[ids["own_code"]].attempt == 0

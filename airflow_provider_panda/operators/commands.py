@@ -27,6 +27,9 @@ class RetryTaskOperator(PandaWaitingOperator):
     Returns the jediTaskID. A task that is already ``done`` has nothing to retry: that is success.
 
     :param new_params: parameters PanDA applies to the retried jobs (e.g. ``{"ramCount": 4000}``).
+    :param auto_retry_policy: read why the task failed first and let the policy decide, as
+        ``SubmitTaskOperator`` does (e.g. ``DefaultRetryPolicy()``): its parameters (``new_params``
+        win over them), a file recovery instead, or no retry at all (the operator fails with the reason).
     """
 
     publishes_outputs = True
@@ -34,23 +37,60 @@ class RetryTaskOperator(PandaWaitingOperator):
     template_fields_renderers = {"new_params": "json"}
 
     def __init__(self, *, jedi_task_id: int | str, new_params: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 auto_retry_policy: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        from airflow_provider_panda.retry_policy import policy_for
+
         self.jedi_task_id = jedi_task_id
         self.new_params = new_params
+        self.auto_retry_policy = policy_for(auto_retry_policy)
 
     def execute(self, context: Context) -> Any:
         task_id = as_task_id(self.jedi_task_id)
         self._remember(context, task_id)
         status = self._await_visible(task_id)
+        new_params = self.new_params
+        if self.auto_retry_policy is not None and self.spec.classify(status) != SUCCESS:
+            decided = self._decide(task_id, status)
+            if decided is None:
+                return self._recover(context, task_id, status)
+            new_params = {**decided, **(new_params or {})}
         stale = self._mark(task_id, status, "retry")
         try:
-            self.log.info("PanDA: %s", self.hook.retry_task(task_id, self.new_params))
+            self.log.info("PanDA: %s", self.hook.retry_task(task_id, new_params or None))
         except PandaCommandRejected:
             if self.spec.classify(status) != SUCCESS:
                 raise
             self.log.info("PanDA task %s is already %s: nothing to retry", task_id, status)
             return self._conclude(context, task_id, SUCCESS, status)
+        self._sent(context, task_id, stale)
+        if not self.wait_for_completion:
+            return task_id
+        return self._wait(context, task_id, self._end_time(), stale=stale)
+
+    def _decide(self, task_id: int, status: str) -> dict[str, Any] | None:
+        """The policy's decision on the failed task: the parameters of the retry, None for a file
+        recovery instead; a stop fails the operator with the policy's reason."""
+        from airflow_provider_panda import retry_policy as policies
+        from airflow_provider_panda.diagnosis import diagnose
+        from airflow_provider_panda.exceptions import PandaTaskFailedError
+        from airflow_provider_panda.operators.base import fail_without_retry
+        from airflow_provider_panda.reports import failed_attempt
+
+        _, info, jobs = failed_attempt(self.hook, task_id, status, self.log)
+        decision = self.auto_retry_policy(diagnose(info, jobs, status=status), 0)
+        self.log.warning("PanDA task %s (%s): %s", task_id, status, decision.reason)
+        if decision.action == policies.RECOVER:
+            return None
+        if decision.action != policies.RETRY:
+            error = PandaTaskFailedError(f"PanDA task {task_id} not retried: {decision.reason}. "
+                                         f"Monitor: {self.hook.monitor_url(task_id)}", task_id, status)
+            raise fail_without_retry(str(error), error) if decision.final else error
+        return dict(decision.new_params)
+
+    def _recover(self, context: Context, task_id: int, status: str) -> Any:
+        stale = self._mark(task_id, status, "file recovery")
+        self.log.info("PanDA: %s", self.hook.send_file_recovery_request(task_id))
         self._sent(context, task_id, stale)
         if not self.wait_for_completion:
             return task_id
