@@ -67,6 +67,7 @@ def builder_map(fields: dict[str, Any]) -> dict[str, Any]:
 A_DS = ("mc23_13p6TeV:mc23_13p6TeV.601229.PhPy8EG_A14_ttbar_hdamp258p75_SingleLep.deriv.DAOD_PHYS."
         "e8514_s4162_r14622_p6026")
 CMT = "x86_64-el9-gcc13-opt"
+RUN_MERGE = "https://pandaserver-doma.cern.ch/trf/user/runMerge-00-00-02"
 
 # (case id, builder fields, the prun command line a user would type for the same task)
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
@@ -215,6 +216,10 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
                                      sandbox=".", outputs=["o.root"], merge_output=True, n_gb_per_merge_job="MAX"),
      ["--exec", "./ana %IN", "--outDS", "user.alice.mergeb", "--inDS", "d.a", "--outputs", "o.root",
       "--mergeOutput", "--nGBPerMergeJob", "MAX"]),
+    ("merge with its transformation", dict(exec="echo m > o.root", out_ds="user.alice.merget", outputs=["o.root"],
+                                           merge_output=True, merge_trans_path=RUN_MERGE, n_jobs=2),
+     ["--exec", "echo m > o.root", "--outDS", "user.alice.merget", "--outputs", "o.root", "--nJobs", "2",
+      "--mergeOutput", "--mergeTransPath", RUN_MERGE, "--noBuild"]),
     ("outputs allowed missing, to a storage element",
      dict(exec="run %IN", out_ds="user.alice.ano", in_ds="d.a", outputs=["out.root", "hist:h*.root", "regex|x.*"],
           allow_no_output=["hist.*", "x", ".*out.root"], dest_se="CERN-PROD_SCRATCHDISK"),

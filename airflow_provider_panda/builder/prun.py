@@ -178,6 +178,7 @@ class PrunTask:
     merge_log: bool = False
     merge_single_file: bool = False
     n_gb_per_merge_job: int | str | None = None
+    merge_trans_path: str | None = None
     allow_no_output: str | Sequence[str] | None = None
     dest_se: str | None = None
     official: bool = False
@@ -201,7 +202,7 @@ class PrunTask:
         "os_matching", "use_new_code")
     #: Optional text options.
     text_fields: ClassVar[Sequence[str]] = ("athena_tag", "cmt_config", "match", "anti_match", "merge_script",
-                                            "dest_se")
+                                            "merge_trans_path", "dest_se")
     template_fields: ClassVar[Sequence[str]] = (
         "exec", "out_ds", "in_ds", "secondary", "outputs", "site", "excluded_sites", "cloud", "container_image",
         "architecture", "working_group", "vo", "prod_source_label", "nickname", "sandbox", "extra",
@@ -681,6 +682,8 @@ class PrunTask:
                 args += [option]
         if self.n_gb_per_merge_job is not None:
             args += ["--nGBPerMergeJob", str(self.n_gb_per_merge_job)]
+        if self.merge_trans_path:
+            args += ["--mergeTransPath", self.merge_trans_path]
         if self.allow_no_output:
             value = self.allow_no_output
             args += ["--allowNoOutput", value if isinstance(value, str) else ",".join(value)]
@@ -799,6 +802,8 @@ class PrunTask:
                                    "jobParameters": build}
         if self._merging():
             params["mergeSpec"] = {"useLocalIO": 1, "jobParameters": self._merge_parameters(sandbox_name, cmt)}
+            if self.merge_trans_path:  # else the server's (PanDA sets runMerge's for VO atlas)
+                params["mergeSpec"]["transPath"] = self.merge_trans_path
             params["mergeOutput"] = True
             if self.n_gb_per_merge_job not in (None, "MAX"):
                 params["nGBPerMergeJob"] = self.n_gb_per_merge_job
