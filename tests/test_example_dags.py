@@ -209,3 +209,14 @@ def test_the_docs_prun_analysis(docs_dags_test, panda_server):
     assert run.states == {"analyse": "success", "generate": "success"}, run.output[-3000:]
     [analysis] = [t for t in panda_server.sim.tasks.values() if t.task_id == run.xcom("analyse")]
     assert analysis.params["ramCount"] == 4000 and analysis.status == "done"
+
+
+def test_the_docs_own_retry_policy(docs_dags_test, panda_server):
+    """The policy of docs/pipelines.md: a first attempt killed for memory is retried once with twice the memory."""
+    panda_server.sim.add_rule(r"^user\.alice\.sim\.", ["failed", "done"])
+    panda_server.sim.add_job_errors(r"^user\.alice\.sim\.", [{"pilotErrorCode": 1212, "transExitCode": 0,
+                                                             "exeErrorCode": 0, "pilotErrorDiag": "out of memory"}])
+    run = docs_dags_test("panda_own_retry_policy")
+    assert run.states == {"simulate": "success"}, run.output[-3000:]
+    [task] = [t for t in panda_server.sim.tasks.values() if t.task_id == run.xcom("simulate")]
+    assert task.attempt == 1 and task.params["ramCount"] == 4000

@@ -103,6 +103,8 @@ def test_real_builder_task_with_a_sandbox_runs_to_done(backend, tmp_path):
 
 
 FINAL = ("done", "finished", "failed", "broken", "aborted", "exhausted")
+#: The merge step's transformation: JEDI sets it for VO atlas only, and the harness's VO is wlcg
+RUN_MERGE = "https://pandaserver-doma.cern.ch/trf/user/runMerge-00-00-02"
 
 
 def pilot_until_final(backend: RealBackend, task_name: str) -> threading.Thread:
@@ -150,7 +152,7 @@ def test_real_builder_task_with_merged_outputs_runs_to_done(backend, tmp_path):
     out_ds = f"user.alice.builder.merge.{uuid.uuid4().hex[:10]}"
     pilot = pilot_until_final(backend, out_ds + "/")
     run = run_dag(builder_source(out_ds, exec="sh run.sh", sandbox=str(work), outputs=["out.root"],
-                                 merge_output=True, merge_log=True))
+                                 merge_output=True, merge_log=True, merge_trans_path=RUN_MERGE))
     pilot.join(2 * backend.timeout)
     assert not pilot.errors and run.states == {"submit": "success"}, (pilot.errors, pilot.status)
     task_id = run.xcom("submit")
