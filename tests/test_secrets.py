@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from airflow_runs import run_dag
-from conftest import task_params
+from conftest import PEM_KEY_BEGIN, PEM_KEY_END, task_params
 
 from airflow_provider_panda import calls, masking, transport
 from airflow_provider_panda.exceptions import PandaError
@@ -105,7 +105,7 @@ def make_flow(source: str, panda_server, tls_server, tmp_path: Path, monkeypatch
         proxy = server.x509_proxy(str(tmp_path / "x509up"), "user")
         conn["extra"]["x509_proxy"] = proxy
         text = Path(proxy).read_text()
-        key = re.search(r"-----BEGIN PRIVATE KEY-----\n(.*?)-----END PRIVATE KEY-----", text, re.DOTALL)
+        key = re.search(f"{PEM_KEY_BEGIN}\n(.*?){PEM_KEY_END}", text, re.DOTALL)
         assert key, "the proxy holds its key"
         secrets["x509 proxy private key"] = [line for line in key.group(1).split() if len(line) > 16]
         material.append(text)
@@ -374,7 +374,7 @@ def test_a_private_key_is_registered_not_the_certificate(tmp_path):
         text = Path(server.x509_proxy(str(tmp_path / "proxy"), "user")).read_text()
     finally:
         server.stop()
-    key = text[text.index("-----BEGIN PRIVATE KEY-----"):]
+    key = text[text.index(PEM_KEY_BEGIN):]
     cert_line = text.splitlines()[3]
     masking.mask_private_keys(text.encode())
     lines = key.splitlines()[1:-1]
