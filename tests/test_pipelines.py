@@ -302,3 +302,51 @@ def test_a_mapped_pipeline_composed_from_the_readme(panda_server):
     [merged] = [t for t in panda_server.sim.tasks.values() if ".compose.merged." in t.name]
     inputs = merged.params["dsForIN"].split(",")
     assert [i.split(":")[-1].split(".")[3] for i in inputs] == tags, inputs
+
+
+def test_retry_policy_recovery_and_outputs_composed(panda_server):
+    """The neighbours together, deferred and mapped: three generators under DefaultRetryPolicy (one
+    killed for memory on its first attempt: retried with more memory), one consumer of every map
+    index's outputs whose task loses files, a file recovery that waits, a sensor after it, and a last
+    consumer of the recovered outputs. Nothing is registered or wired by hand."""
+
+    panda_server.sim.add_rule(r"\.recompose\.mem\.", ["failed", "done"])
+    panda_server.sim.add_job_errors(r"\.recompose\.mem\.", [{"pilotErrorCode": 1212, "transExitCode": 0,
+                                                             "exeErrorCode": 0, "pilotErrorDiag": "out of memory"}])
+    tags = ["ok", "mem", "ok2"]
+    run = run_dag("""
+        from airflow_provider_panda.builder import PrunTask
+        from airflow_provider_panda.retry_policy import DefaultRetryPolicy
+
+        def task(tag):
+            return PrunTask(exec="gen.sh %RNDM:1", out_ds="user.alice.recompose." + tag + ".{{ ts_nodash }}",
+                            outputs=["out.txt"], n_jobs=2, memory=2000, vo="atlas", site="TEST_SITE")
+
+        gen = SubmitTaskOperator.partial(task_id="gen", deferrable=True, poll_interval=0.2,
+                                         auto_retry_policy=DefaultRetryPolicy()).expand(
+            panda_task=[task(t) for t in $tags])
+        merge = SubmitTaskOperator(task_id="merge", deferrable=True, poll_interval=0.2, allow_partial=True,
+                                   panda_task=PrunTask(
+            exec="merge.sh %IN", in_ds="{{ ti | panda_outputs('gen') }}", outputs=["all.txt"],
+            out_ds="user.alice.recompose.lost.{{ ts_nodash }}", vo="atlas", site="TEST_SITE"))
+        recover = FileRecoveryOperator(task_id="recover", jedi_task_id=merge.output, wait_for_completion=True,
+                                       deferrable=True, poll_interval=0.2)
+        check = TaskStatusSensor(task_id="check", jedi_task_id=merge.output, deferrable=True, poke_interval=0.2)
+        plot = SubmitTaskOperator(task_id="plot", poll_interval=0.2, panda_task=PrunTask(
+            exec="plot.sh %IN", in_ds="{{ ti | panda_outputs('check') }}", outputs=["plot.png"],
+            out_ds="user.alice.recompose.plot.{{ ts_nodash }}", vo="atlas", site="TEST_SITE"))
+        gen >> merge >> recover >> check >> plot
+    """, tags=repr(tags))
+    assert run.states == {"gen[0]": "success", "gen[1]": "success", "gen[2]": "success", "merge": "success",
+                          "recover": "success", "check": "success", "plot": "success"}, run.states
+    sim = panda_server.sim
+    gens = {tag: next(t for t in sim.tasks.values() if f".recompose.{tag}." in t.name) for tag in tags}
+    assert {tag: (t.attempt, t.params["ramCount"]) for tag, t in gens.items()} == {
+        "ok": (0, 2000), "mem": (1, 3000), "ok2": (0, 2000)}
+    [attempt] = run.xcom("gen", "panda_attempts", map_index=1)
+    assert attempt["retried_with"] == {"ramCount": 3000}
+    [merged] = [t for t in sim.tasks.values() if ".recompose.lost." in t.name]
+    assert merged.recoveries == 1 and merged.status == "done"
+    assert [i.split(":")[-1].split(".")[3] for i in merged.params["dsForIN"].split(",")] == tags
+    [plot] = [t for t in sim.tasks.values() if ".recompose.plot." in t.name]
+    assert ".recompose.lost." in plot.params["dsForIN"]
