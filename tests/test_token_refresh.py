@@ -185,9 +185,11 @@ def test_a_rotated_refresh_token_is_kept(panda_server, monkeypatch, idp):
 
 
 def test_a_token_changed_in_the_connection_reaches_running_waits(panda_server, monkeypatch):
-    """A long-lived poller re-reads its connection: a token renewed there replaces one that expires."""
+    """A long-lived poller re-reads its connection: a token renewed there replaces one that expires.
+
+    The old token expires when the test moves the server's clock on, once the poller has sent the
+    renewed one: on a busy machine the rounds only come later, the order stays the same."""
     import asyncio
-    import time
 
     from airflow_provider_panda.hooks import panda as hook_module
     from airflow_provider_panda.triggers.wait import PandaTaskTrigger
@@ -196,28 +198,30 @@ def test_a_token_changed_in_the_connection_reaches_running_waits(panda_server, m
     conn = panda_server.connection(retry_wait=0.01, max_retries=0)
     hook = PandaHook(_install(monkeypatch, "panda_default", conn))
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "renewed"))
-    conn["password"] = panda_server.token("user", lifetime=2)  # expires during the wait, no refresh token
-    expiry = time.time() + 2
+    conn["password"] = old = panda_server.token("user", lifetime=600)  # no refresh token
     _install(monkeypatch, "panda_default", conn)
+    polls = panda_server.panda.requests
+    issuer = panda_server.issuer
+    monkeypatch.setattr(issuer, "clock_offset", 0.0)
 
     async def scenario():
         waiting = asyncio.ensure_future(_first(PandaTaskTrigger(task_id, poll_interval=0.2)))
-        rounds = panda_server.panda.requests["task/get_tasks_modified_since"]
-        await _until(lambda: panda_server.panda.requests["task/get_tasks_modified_since"] >= rounds + 2)
-        conn["password"] = panda_server.token("user", lifetime=600)  # renewed in the connection
+        await _until(lambda: issuer.checked[old] >= 2)  # the poller waits with the first token
+        conn["password"] = new = panda_server.token("user", lifetime=3600)  # renewed in the connection
         _install(monkeypatch, "panda_default", conn)
-        await _until(lambda: time.time() > expiry + 0.5)  # the first token has expired
-        rounds = panda_server.panda.requests["task/get_tasks_modified_since"]
-        await _until(lambda: panda_server.panda.requests["task/get_tasks_modified_since"] >= rounds + 3)
+        await _until(lambda: issuer.checked[new] >= 1)  # the poller re-read its connection
+        issuer.clock_offset = 1200.0  # the first token has expired; the renewed one lives on
+        rounds = polls["task/get_tasks_modified_since"]
+        await _until(lambda: polls["task/get_tasks_modified_since"] >= rounds + 3)
         assert not waiting.done()
         await asyncio.to_thread(panda_server.sim.force, task_id, "running", ["done"])
-        return await asyncio.wait_for(waiting, 20)
+        return await asyncio.wait_for(waiting, 60)
 
     event = asyncio.run(scenario())
     assert event["status"] == "success", event
 
 
-async def _until(predicate, timeout: float = 20.0) -> None:
+async def _until(predicate, timeout: float = 120.0) -> None:
     import asyncio
     import time
 

@@ -74,6 +74,10 @@ class TokenIssuer:
         self.lifetime = lifetime
         self.refresh_tokens: dict[str, str] = {}  # refresh token -> user key
         self.rotate = False  # hand out a new refresh token with each refresh (and retire the old one)
+        #: Seconds added to the clock the tokens are checked against: a test moves time on to expire a
+        #: token at the moment it chooses, instead of racing a short lifetime.
+        self.clock_offset = 0.0
+        self.checked: Counter[str] = Counter()  # how often each token was presented
 
     def mint(self, user_key: str, user: User, lifetime: float | None = None) -> str:
         now = int(time.time())
@@ -87,10 +91,15 @@ class TokenIssuer:
 
     def check(self, token: str) -> dict[str, Any]:
         """Claims of a valid token; raises ValueError with the real server's wording otherwise."""
+        self.checked[token] += 1
         try:
-            return jwt.decode(token, self.key, algorithms=["HS256"], audience="panda")
+            claims = jwt.decode(token, self.key, algorithms=["HS256"], audience="panda",
+                                options={"verify_exp": not self.clock_offset})
+            if self.clock_offset and claims["exp"] <= time.time() + self.clock_offset:
+                raise jwt.ExpiredSignatureError("Signature has expired")
         except jwt.InvalidTokenError as exc:
             raise ValueError(f"Invalid token. {exc}") from None
+        return claims
 
 
 # --- requests ---------------------------------------------------------------------------------
