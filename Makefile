@@ -91,6 +91,31 @@ real-up: $(STAMP)
 real-down: $(STAMP)
 	$(PY) -m integration.real_panda.harness down
 
+## Airflow as deployed (PostgreSQL 15, Redis, CeleryExecutor: 2 workers, 2 triggerers) with the local PanDA
+## server, all on 127.0.0.1 under .deploy/ (docs/deployment.md). Installs Debian's redis-server first.
+.PHONY: deploy-deps deploy-up deploy-down test-deploy bench-deploy
+deploy-deps: $(STAMP)
+	command -v redis-server >/dev/null || \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server)
+	$(PY) -c 'import airflow.providers.celery, psycopg2, asyncpg; from celery.backends.database import retry' 2>/dev/null || $(PY) -m pip install -q -e '.[test,deploy]'
+
+deploy-up: deploy-deps
+	$(PY) -m integration.deploy up
+
+deploy-down:
+	$(PY) -m integration.deploy down
+
+## The scale test with faults on that tier (its own, in .deploy/test): >= 300 deferred waits, a triggerer
+## and a worker SIGKILLed, a minute's outage of the path to PanDA; then the early-trigger check.
+test-deploy: deploy-deps
+	@start=$$(date +%s); \
+	DEPLOY_TEST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_deployment.py; status=$$?; \
+	echo "deployment tier took $$(( $$(date +%s) - start )) s"; exit $$status
+
+## Requests per interval, triggerer CPU and RSS, delay to success: 100 / 300 waits, shared poller vs per-task.
+bench-deploy: deploy-deps
+	$(PY) bench/deploy_scale.py $(BENCH_ARGS)
+
 ## Start the local PanDA server, run the example DAG panda_submit_and_wait against it, print the outcome.
 demo: $(STAMP)
 	$(PY) scripts/demo.py
