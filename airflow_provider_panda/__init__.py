@@ -124,6 +124,9 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "PanDA", "python-modules": ["airflow_provider_panda.triggers.wait"]}
         ],
         "extra-links": ["airflow_provider_panda.links.PandaTaskLink"],
+        # the PanDA view (task instance and DAG run tabs) and the connection test fix; also an
+        # ``airflow.plugins`` entry point, which Airflow loads even when it discovers providers lazily
+        "plugins": [{"name": "panda", "plugin-class": "airflow_provider_panda.ui.plugin.PandaPlugin"}],
         "asset-uris": [
             {
                 "schemes": ["rucio"],

@@ -61,6 +61,9 @@ TASK_DATASETS_AND_FILES = Endpoint("task/get_datasets_and_files", "GET")
 #: A task's digest (getJediTaskDetails): ``inDS`` and ``outDS`` (comma-joined container names),
 #: ``statistics``, ``PandaID``; ``status`` with ``include_status``, ``cliParams`` with ``include_parameters``.
 TASK_DETAILS = Endpoint("task/get_details", "GET")
+#: The descriptions of a task's jobs (``unsuccessful_only``: failed, cancelled, closed), at most
+#: :data:`MAX_JOB_IDS_PER_CALL` of them; ``[]`` when it has none. One call, no job id list.
+TASK_JOB_DESCRIPTIONS = Endpoint("task/get_job_descriptions", "GET")
 JOB_DESCRIPTION = Endpoint("job/get_description", "POST")
 JOB_DESCRIPTION_ARCHIVE = Endpoint("job/get_description_incl_archive", "POST")
 JOB_KILL = Endpoint("job/kill", "POST")
@@ -73,7 +76,7 @@ FILE_VALIDATE = Endpoint("file_server/validate_cache_file", "POST")
 ENDPOINTS: tuple[Endpoint, ...] = (
     IS_ALIVE, TASK_SUBMIT, TASK_GET_STATUS, TASK_GET_PARAMS, TASK_GET_JOB_IDS, TASK_KILL,
     TASK_FINISH, TASK_RETRY, TASK_RESUME, TASK_REACTIVATE, TASK_MODIFIED_SINCE, TASK_DETAILED_INFO,
-    TASK_DETAILED_INFO_SINCE, TASK_DATASETS_AND_FILES, TASK_DETAILS, JOB_DESCRIPTION,
+    TASK_DETAILED_INFO_SINCE, TASK_DATASETS_AND_FILES, TASK_DETAILS, TASK_JOB_DESCRIPTIONS, JOB_DESCRIPTION,
     JOB_DESCRIPTION_ARCHIVE, JOB_KILL, JOB_METADATA, JOB_SET_COMMAND, FILE_RECOVERY, FILE_UPLOAD,
     FILE_VALIDATE,
 )
@@ -215,6 +218,18 @@ def decode_special(obj: dict[str, Any]) -> Any:
     if "__datetime__" in obj and len(obj) == 1:
         return datetime.fromisoformat(obj["__datetime__"])
     return obj
+
+
+def parse_statistics(text: Any) -> dict[str, int]:
+    """``task/get_details``' ``statistics`` (``"finished*10,failed*2,running*3"``: the task's input
+    files by the status of the job that holds them, ``tobedone`` and ``picked`` for files no job holds
+    yet) as a dict; malformed parts are skipped."""
+    counts: dict[str, int] = {}
+    for part in str(text or "").split(","):
+        name, _, number = part.partition("*")
+        if name.strip() and number.strip().isdigit():
+            counts[name.strip()] = counts.get(name.strip(), 0) + int(number)
+    return counts
 
 
 def monitor_task_url(monitor_url: str, task_id: int) -> str:

@@ -297,6 +297,20 @@ def get_task_details(task_id: int, include_parameters: bool = False, include_sta
     return Call(api.TASK_DETAILS, payload, _typed(dict, "task details"))
 
 
+def _job_list(env: dict[str, Any]) -> list[dict[str, Any]]:
+    data = _data(env)
+    if not isinstance(data, list) or not all(isinstance(j, dict) for j in data):
+        raise PandaResponseError("job descriptions: expected a list of jobs")
+    return data
+
+
+def get_job_descriptions(task_id: int, unsuccessful_only: bool = False) -> Call:
+    """A task's job descriptions in one task-level call (the server caps them at 5500); with
+    ``unsuccessful_only`` only its failed, cancelled and closed jobs."""
+    payload = {"task_id": check_id(task_id), "unsuccessful_only": check_bool(unsuccessful_only, "unsuccessful_only")}
+    return Call(api.TASK_JOB_DESCRIPTIONS, payload, _job_list)
+
+
 def find_tasks_by_name(task_name: str) -> Call:
     """The caller's tasks named ``task_name`` (modified within the server's lookup window)."""
     if not isinstance(task_name, str) or not task_name.strip():

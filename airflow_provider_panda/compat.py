@@ -34,6 +34,16 @@ except ImportError:  # Airflow 3.1 and 3.2 have no task state store, hence no re
 
 __all__ = [
     "NEVER_EXPIRE",
+    # lazy, see _PRIVATE: the api-server's names the PanDA view (ui/) uses
+    "AirflowPlugin",  # noqa: F822
+    "Connection",  # noqa: F822
+    "DBDagBag",  # noqa: F822
+    "DagAccessEntity",  # noqa: F822
+    "DagRun",  # noqa: F822
+    "TaskInstance",  # noqa: F822
+    "XComModel",  # noqa: F822
+    "create_session",  # noqa: F822
+    "requires_access_dag",  # noqa: F822
     "SET_DURING_EXECUTION",  # noqa: F822 - lazy, see _PRIVATE
     "AirflowFailException",
     "AirflowSensorTimeout",
@@ -58,6 +68,17 @@ _PRIVATE = {
     # the configured [core] xcom_backend class; airflow.sdk exports only BaseXCom, which would bypass a
     # custom backend's deserialize_value (Airflow's standard provider reads its links through this one)
     "XCom": "airflow.sdk.execution_time.xcom",
+    # The api-server's side, for the PanDA view (ui/): a plugin's FastAPI app checks access as Airflow's
+    # own routes do and reads Airflow's database; these modules are the same in 3.1.2 to 3.3.
+    "AirflowPlugin": "airflow.plugins_manager",  # what Airflow's plugin docs import
+    "requires_access_dag": "airflow.api_fastapi.core_api.security",
+    "DagAccessEntity": "airflow.api_fastapi.auth.managers.models.resource_details",
+    "Connection": "airflow.models.connection",  # the api-server's connection, from its secrets backends
+    "DBDagBag": "airflow.models.dagbag",
+    "DagRun": "airflow.models.dagrun",
+    "TaskInstance": "airflow.models.taskinstance",
+    "XComModel": "airflow.models.xcom",
+    "create_session": "airflow.utils.session",
 }
 
 

@@ -371,6 +371,10 @@ class PandaHook(BaseHook):
         ``statistics``, ``PandaID``; ``status`` and ``cliParams`` when asked."""
         return self.run(calls.get_task_details(task_id, include_parameters, include_status))
 
+    def get_job_descriptions(self, task_id: int, unsuccessful_only: bool = False) -> list[dict[str, Any]]:
+        """The task's job descriptions in one call (``task/get_job_descriptions``; the server caps them)."""
+        return self.run(calls.get_job_descriptions(task_id, unsuccessful_only))
+
     def find_tasks_by_name(self, task_name: str) -> list[dict[str, Any]]:
         """The caller's tasks called ``task_name`` (one request; PanDA searches the last 90 days)."""
         return self.run(calls.find_tasks_by_name(task_name))

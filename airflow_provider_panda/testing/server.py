@@ -225,6 +225,9 @@ class Handlers:
             return messages.envelope(False, messages.MESSAGE_NO_DETAILS)
         return messages.envelope(True, data=details)
 
+    def get_job_descriptions(self, caller: Caller, task_id: int, unsuccessful_only: bool = False) -> dict:
+        return messages.envelope(True, data=self.sim.task_job_descriptions(task_id, unsuccessful_only))
+
     # job
     def get_description(self, caller: Caller, job_ids: typing.List[int]) -> dict:  # noqa: UP006
         return messages.envelope(True, data=self.sim.describe_jobs(job_ids[: api.MAX_JOB_IDS_PER_CALL]))

@@ -667,6 +667,20 @@ class PandaSim:
                 out.append(job.describe(self.tasks[job.task_id]) if job else None)
             return out
 
+    def task_job_descriptions(self, task_id: int, unsuccessful_only: bool) -> list[dict[str, Any]]:
+        """``task/get_job_descriptions``: the task's jobs (or its failed, cancelled and closed ones),
+        at most 5500, as panda-server 1.0.4 answers (``getPandaIDsWithTaskID`` then the descriptions)."""
+        with self.lock:
+            self.advance()
+            task = self.tasks.get(task_id)
+            if task is None:
+                return []
+            ids = [j for j in task.all_job_ids][: api.MAX_JOB_IDS_PER_CALL * 4]
+            jobs = [d for d in self.describe_jobs(ids) if d is not None]
+            if unsuccessful_only:
+                jobs = [d for d in jobs if d["jobStatus"] in api.JOB_FAILED]
+            return jobs[: api.MAX_JOB_IDS_PER_CALL]
+
     def _block_job(self, panda_id: int) -> Job | None:
         """A job of a block: its status follows its task's."""
         index = bisect.bisect_right(self._blocks, (panda_id, 1 << 62)) - 1
