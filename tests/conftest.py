@@ -117,7 +117,7 @@ def task_params(tag: str = "t", **extra: Any) -> dict[str, Any]:
     return params
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.02) -> Any:
     """Poll until predicate() is truthy; fail loudly on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -129,7 +129,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
-def wait_status(hook: Any, task_id: int, statuses: set[str] | tuple[str, ...], timeout: float = 10.0) -> str:
+def wait_status(hook: Any, task_id: int, statuses: set[str] | tuple[str, ...], timeout: float = 60.0) -> str:
     from airflow_provider_panda.exceptions import PandaNotFoundError
 
     def status() -> str | None:

@@ -198,7 +198,7 @@ def test_a_trigger_over_https(tls_server, monkeypatch, shared):
         async for event in PandaTaskTrigger(task_id, conn_id, poll_interval=0.05, shared_poller=shared).run():
             return event.payload
 
-    event = asyncio.run(asyncio.wait_for(first(), 30))
+    event = asyncio.run(asyncio.wait_for(first(), 60))
     assert (event["status"], event["task_status"]) == ("success", "done")
 
 
@@ -212,5 +212,5 @@ def test_a_trigger_with_an_x509_proxy(tls_server, monkeypatch, tmp_path):
             return event.payload
 
     names = len(tls_server.panda.client_cert_names)
-    assert asyncio.run(asyncio.wait_for(first(), 30))["task_status"] == "done"
+    assert asyncio.run(asyncio.wait_for(first(), 60))["task_status"] == "done"
     assert set(tls_server.panda.client_cert_names[names:]) == {"alice analyst"}

@@ -75,7 +75,7 @@ def test_a_name_held_by_another_task_fails_before_anything_changes(panda_server,
     if status == "aborted":
         wait_status(hook, other, {"running"})
         hook.kill_task(other)
-    wait_status(hook, other, {status}, timeout=20)
+    wait_status(hook, other, {status}, timeout=120)
     before = panda_server.panda.requests["task/submit"]
     # bounded: with the ownership check broken, each try would wait on the other task (running,
     # aborted) without end; this way it fails within a minute, on the asserts below

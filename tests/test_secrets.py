@@ -183,7 +183,7 @@ def run_flow(flow: Flow, caplog, capfd, masked: bool) -> dict[str, list[str]]:
                 break
             return found
 
-        reprs, *errors, serialized, event = asyncio.run(asyncio.wait_for(async_flow(), 30))
+        reprs, *errors, serialized, event = asyncio.run(asyncio.wait_for(async_flow(), 60))
         assert len(errors) == 2 and all("rejected" in str(exc) for exc in errors), errors
         texts["reprs"].append(reprs)
         texts["exceptions"] += [text for exc in errors for text in (str(exc), repr(exc))]
@@ -349,7 +349,7 @@ def test_an_idp_quoting_the_refresh_token_back(panda_server, monkeypatch, tmp_pa
                 return [*found, json.dumps(event.payload, default=str)]
             raise AssertionError("no event")
 
-        texts += asyncio.run(asyncio.wait_for(async_flow(), 30))
+        texts += asyncio.run(asyncio.wait_for(async_flow(), 60))
     texts += [record.getMessage() for record in caplog.records]
     assert all("invalid_grant" in text for text in texts[:5]), texts  # what the IdP said is quoted
     found = "\n".join(texts).count(refresh)

@@ -145,13 +145,16 @@ def test_an_idp_outage_with_an_expired_token_is_transient(panda_server, monkeypa
 
 
 def test_a_deferred_wait_outlives_an_idp_outage(short_tokens, monkeypatch, idp):
-    """Waits in the triggerer keep going while the IdP fails and the token is still valid."""
+    """Waits in the triggerer keep going while the IdP fails and the token is still valid (due for a
+    refresh, yet valid for longer than a busy machine takes for the rounds the test waits on)."""
     import asyncio
 
+    from airflow_provider_panda import auth
     from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
     server = short_tokens
-    hook = PandaHook(refresh_conn(server, monkeypatch, "panda_default", lifetime=4))
+    monkeypatch.setattr(auth, "REFRESH_MARGIN", 1200.0)
+    hook = PandaHook(refresh_conn(server, monkeypatch, "panda_default", lifetime=600))
     task_id = hook.submit_task(params_with_outcomes(server, ["hang"], "idpwait"))
 
     async def scenario():
@@ -164,7 +167,7 @@ def test_a_deferred_wait_outlives_an_idp_outage(short_tokens, monkeypatch, idp):
         assert not waiting.done()  # three more rounds, and every wait still waits
         idp("ok")
         await asyncio.to_thread(server.sim.force, task_id, "running", ["done"])
-        return await asyncio.wait_for(waiting, 20)
+        return await asyncio.wait_for(waiting, 60)
 
     event = asyncio.run(scenario())
     assert event["status"] == "success", event

@@ -77,7 +77,7 @@ def test_stale_status_does_not_end_the_wait(hook, panda_server):
             await until(lambda: status_reads(panda_server) >= reads + 5)  # "failed" read five times
             assert not waiting.done()  # still "failed": the stale status is not the retry's outcome
             panda_server.sim.clock.freeze(False)  # JEDI acts on the retry: toretry, ..., done
-            return await asyncio.wait_for(waiting, 10)
+            return await asyncio.wait_for(waiting, 60)
 
         event = asyncio.run(scenario())
     finally:
@@ -123,7 +123,7 @@ def test_the_wait_survives_a_ten_minute_outage(hook, panda_server, conn_env, mon
         finally:
             panda_server.panda.fault_rate = 0.0
         await asyncio.to_thread(panda_server.sim.force, task_id, "running", ["done"])
-        return await asyncio.wait_for(event, 20)
+        return await asyncio.wait_for(event, 60)
 
     payload = asyncio.run(scenario())
     assert (payload["status"], payload["task_status"]) == ("success", "done")
@@ -245,7 +245,7 @@ def test_a_proxy_that_expires_during_the_wait_ends_it_with_an_error(tls_server, 
         reads = status_reads(tls_server)
         await until(lambda: status_reads(tls_server) >= reads + 2)  # the wait is under way
         tls_server.x509_proxy(proxy, "user", lifetime=-60)
-        return await asyncio.wait_for(wait, 20)
+        return await asyncio.wait_for(wait, 60)
 
     event = asyncio.run(scenario())
     assert (event["status"], event["error_type"]) == ("error", "PandaCertificateError")
