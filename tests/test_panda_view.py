@@ -215,7 +215,7 @@ def test_the_view_shows_the_task_to_who_may_read_the_dag_and_nothing_secret(view
     assert "SITE_A &times;4" in page.text and "PanDA monitor" in page.text
     summary = requests.get(f"{base}/view/dags/{DAG_ID}/runs/{run}", headers=admin, timeout=60)
     assert summary.status_code == 200 and "4 of 4 ended" in summary.text, summary.text[:2000]
-    assert re.search(r"fan \[[^\]]+\]", summary.text)
+    assert re.search(r"fan \[[^\]]+\]", summary.text), summary.text[:3000]
     runs = requests.get(f"{base}/api/dags/{DAG_ID}/runs/{run}", headers=admin, timeout=60).json()
     assert sorted((t["task_id"], t["map_index"]) for t in runs["tasks"]) == [
         ("fan", 0), ("fan", 1), ("partial", -1), ("second", -1)]

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
     from airflow_provider_panda.hooks.panda import PandaHook
 
+#: The map index's label where the DAG author gave no ``map_index_template``: Airflow renders it with
+#: the run's context once the templated fields are rendered (before ``execute``, so a deferred task has
+#: it too on Airflow >= 3.2, and again after ``execute``), with the operator as ``task``.
+DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.panda_label() }}"
+
 #: Seconds ``on_kill`` keeps killing a just-submitted task the server still refuses: Airflow's
 #: supervisor follows its SIGTERM with SIGKILL 5 s later.
 ON_KILL_BUDGET = 3.0
@@ -62,6 +67,29 @@ class PandaBaseOperator(BaseOperator):
         self.panda_conn_id = panda_conn_id
         self.not_found_grace = arguments.grace(not_found_grace)
         self._jedi_task_id: int | None = None
+        if getattr(self, "map_index_template", None) is None:
+            self.map_index_template = DEFAULT_MAP_INDEX_TEMPLATE
+
+    @classmethod
+    def get_serialized_fields(cls) -> frozenset[str]:
+        """Airflow's fields and ``panda_conn_id``: the api-server's PanDA view reads a task's PanDA task
+        through the connection the DAG gives it, from the serialized DAG (ui/store.py)."""
+        return frozenset(super().get_serialized_fields() | {"panda_conn_id"})
+
+    def panda_label(self) -> str:
+        """What a person knows this task instance's PanDA task by (its mapped instance's label): the
+        taskName, else the output or input dataset, else the jediTaskID it acts on; "" when none is
+        known yet (the UI then shows the index)."""
+        params = getattr(self, "task_params", None)
+        if isinstance(params, dict) and params.get("taskName"):
+            return str(params["taskName"])
+        built = getattr(self, "panda_task", None)
+        for name in ("out_ds", "in_ds"):
+            value = getattr(built, name, None)
+            if value:
+                return str(value if isinstance(value, str) else ",".join(map(str, value)))
+        target = getattr(self, "jedi_task_id", None) or self._jedi_task_id
+        return f"PanDA task {target}" if target else ""
 
     @cached_property
     def hook(self) -> PandaHook:
