@@ -477,6 +477,7 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
         cluster.stop()
 
 
+@pytest.mark.timeout(900)  # 50 deferred waits moved between triggerers: over 300 s on a busy machine
 def test_a_second_triggerer_takes_the_waits_over(tmp_path, slow_server):
     """Airflow's triggerer HA: 50 deferred waits (panda_fan_out) held by one triggerer; a second
     triggerer starts; SIGKILL the first. The second takes every trigger over, every wait ends with

@@ -177,10 +177,12 @@ def test_a_rotated_refresh_token_is_kept(panda_server, monkeypatch, idp):
     """An IdP that rotates refresh tokens retires each one it uses: the next refresh must use the new one."""
     from airflow_provider_panda import auth
 
-    monkeypatch.setattr(auth, "REFRESH_MARGIN", 60.0)
-    monkeypatch.setattr(panda_server.issuer, "lifetime", 10.0)  # so every token, refreshed ones too, is refreshed
+    # every token, refreshed ones too, is due for a refresh at once, and valid for longer than a busy
+    # machine takes between minting it and using it
+    monkeypatch.setattr(auth, "REFRESH_MARGIN", 1200.0)
+    monkeypatch.setattr(panda_server.issuer, "lifetime", 600.0)
     panda_server.issuer.rotate = True
-    hook = PandaHook(refresh_conn(panda_server, monkeypatch, "panda_rot", lifetime=10))
+    hook = PandaHook(refresh_conn(panda_server, monkeypatch, "panda_rot", lifetime=600))
     before = panda_server.panda.requests["oidc/token"]
     for task_id in (1, 2, 3):
         assert hook.get_job_ids(task_id) == []
