@@ -44,15 +44,22 @@ $(OLD_STAMP): pyproject.toml $(OLD_CONSTRAINTS)
 	$(OLD_VENV)/bin/python -m pip install -q -c $(OLD_CONSTRAINTS) 'apache-airflow==$(AIRFLOW_OLDEST)' -e '.[test]'
 	rm -f $(OLD_VENV)/.installed-* && touch $@
 
-# What differs between Airflow releases, on the oldest: the unit layer, and the end-to-end files whose
+# What differs between Airflow releases, on the oldest: the unit layer, and the end-to-end tests whose
 # subject is an Airflow surface (deferral and resumption, the sensor's modes, the trigger and its
 # connection, templates and the decorator, the connection form, the task state store, masking, assets,
-# `airflow dags test`). The files whose subject is the provider's own logic through the same surfaces
-# (the stale rule, marks and chaining, the poller, the HTTP client, the local server) and the real-cluster
-# tier run on the newest Airflow only.
-OLDEST_TESTS := tests/unit tests/test_operators.py tests/test_trigger.py tests/test_task_builder.py \
-	tests/test_connection_form.py tests/test_credentials.py tests/test_ownership.py tests/test_example_dags.py \
-	tests/test_not_found.py tests/test_outputs.py tests/test_bad_input.py tests/test_secrets.py
+# `airflow dags test` on one example with a mapped fan-out and one that fails). The tests whose subject
+# is the provider's own logic through the same surfaces (the stale rule, marks and chaining, the poller,
+# the HTTP client, the local server, the builder against prun, the other examples) and the
+# real-cluster tier run on the newest Airflow only.
+OLDEST_TESTS := tests/unit tests/test_operators.py tests/test_trigger.py tests/test_connection_form.py \
+	tests/test_credentials.py tests/test_ownership.py tests/test_not_found.py tests/test_outputs.py \
+	tests/test_bad_input.py tests/test_secrets.py \
+	tests/test_example_dags.py::test_fan_out_failure tests/test_example_dags.py::test_submit_and_wait_success \
+	$(foreach t,operator_submits_a_templated_builder_with_a_sandbox operator_takes_the_builder_as_a_dict \
+	  operator_needs_exactly_one_description bad_rendered_name_fails_the_task_before_any_request \
+	  decorator_submits_the_builder_the_function_returns decorator_bad_description_fails_before_any_request \
+	  operator_takes_builders_from_an_upstream_task_and_maps_over_them the_old_names_still_work_and_say_the_new_ones \
+	  arguments_without_effect_warn_at_parse_time,tests/test_task_builder.py::test_$(t))
 
 test-oldest: $(OLD_STAMP)
 	$(OLD_VENV)/bin/python -c 'import airflow; print("Airflow", airflow.__version__)'
