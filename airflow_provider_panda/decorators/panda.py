@@ -20,6 +20,7 @@ from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factor
 
 from airflow_provider_panda.compat import SET_DURING_EXECUTION, context_merge, determine_kwargs
 from airflow_provider_panda.exceptions import PandaInputError
+from airflow_provider_panda.operators.base import DEFAULT_MAP_INDEX_TEMPLATE
 from airflow_provider_panda.operators.submit import SubmitTaskOperator
 
 if TYPE_CHECKING:
@@ -63,5 +64,8 @@ class _PandaDecoratedOperator(DecoratedOperator, SubmitTaskOperator):
 
 def panda_task(python_callable: Callable | None = None, **kwargs: Any) -> TaskDecorator:
     """Wrap a function returning a PrunTask (or its dict) into a PanDA submit-and-wait task."""
+    # A decorated task's .expand() takes its mapped operator's arguments from these kwargs only (not
+    # from the operator's signature), so the map index's default label is given here.
+    kwargs.setdefault("map_index_template", DEFAULT_MAP_INDEX_TEMPLATE)
     return task_decorator_factory(python_callable=python_callable,
                                   decorated_operator_class=_PandaDecoratedOperator, **kwargs)

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 
     from airflow_provider_panda.hooks.panda import PandaHook
 
-#: The map index's label where the DAG author gave no ``map_index_template``: Airflow renders it with
-#: the run's context once the templated fields are rendered (before ``execute``, so a deferred task has
-#: it too on Airflow >= 3.2, and again after ``execute``), with the operator as ``task``.
+#: The map index's label where the DAG author gave no ``map_index_template`` (as an argument, in
+#: ``partial()`` or in ``default_args``): Airflow renders it with the run's context once the templated
+#: fields are rendered (before ``execute``, so a deferred task has it too on Airflow >= 3.2, and again
+#: after ``execute``), with the (unmapped) operator as ``task``.
 DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.panda_label() }}"
 
 #: Seconds ``on_kill`` keeps killing a just-submitted task the server still refuses: Airflow's
@@ -62,13 +63,14 @@ class PandaBaseOperator(BaseOperator):
     ui_color = "#e6f0ff"
 
     def __init__(self, *, panda_conn_id: str = "panda_default", not_found_grace: float = NOT_FOUND_GRACE,
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+                 map_index_template: str | None = DEFAULT_MAP_INDEX_TEMPLATE, **kwargs: Any) -> None:
+        # The default is in the signature, not set after super().__init__: Airflow's partial() fills a
+        # mapped operator's arguments from the __init__ signatures' defaults (a MappedOperator's
+        # map_index_template is its partial kwargs'), so .partial().expand() gets the label too.
+        super().__init__(map_index_template=map_index_template, **kwargs)
         self.panda_conn_id = panda_conn_id
         self.not_found_grace = arguments.grace(not_found_grace)
         self._jedi_task_id: int | None = None
-        if getattr(self, "map_index_template", None) is None:
-            self.map_index_template = DEFAULT_MAP_INDEX_TEMPLATE
 
     @classmethod
     def get_serialized_fields(cls) -> frozenset[str]:
@@ -85,7 +87,7 @@ class PandaBaseOperator(BaseOperator):
             return str(params["taskName"])
         built = getattr(self, "panda_task", None)
         for name in ("out_ds", "in_ds"):
-            value = getattr(built, name, None)
+            value = built.get(name) if isinstance(built, dict) else getattr(built, name, None)
             if value:
                 return str(value if isinstance(value, str) else ",".join(map(str, value)))
         target = getattr(self, "jedi_task_id", None) or self._jedi_task_id

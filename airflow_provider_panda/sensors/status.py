@@ -14,6 +14,7 @@ from airflow_provider_panda.calls import as_task_id
 from airflow_provider_panda.exceptions import PandaError, PandaInputError, PandaNotFoundError
 from airflow_provider_panda.links import PandaTaskLink
 from airflow_provider_panda.marks import check_after_command, upstream_mark
+from airflow_provider_panda.operators.base import DEFAULT_MAP_INDEX_TEMPLATE
 from airflow_provider_panda.waiting import (
     ERROR,
     FAILURE,
@@ -76,6 +77,7 @@ class TaskStatusSensor(BaseSensorOperator):
         timeout: float = DEFAULT_TIMEOUT,
         poll_interval: float | None = None,
         after_command: str | Sequence[str] | dict[str, Any] | None = None,
+        map_index_template: str | None = DEFAULT_MAP_INDEX_TEMPLATE,
         **kwargs: Any,
     ) -> None:
         if poll_interval is not None and "poke_interval" in kwargs:
@@ -83,7 +85,8 @@ class TaskStatusSensor(BaseSensorOperator):
         name = "poke_interval" if poll_interval is None and "poke_interval" in kwargs else "poll_interval"
         kwargs["poke_interval"] = arguments.poll_interval(
             poll_interval if poll_interval is not None else kwargs.get("poke_interval", 60.0), name)
-        super().__init__(timeout=timeout, **kwargs)
+        # the label's default in the signature: partial() takes a mapped operator's defaults from there
+        super().__init__(timeout=timeout, map_index_template=map_index_template, **kwargs)
         if target_statuses is not None:
             arguments.renamed(type(self).__name__, "target_statuses", "success_statuses")
             if success_statuses is not None:
@@ -101,6 +104,11 @@ class TaskStatusSensor(BaseSensorOperator):
         self.deferrable = arguments.default_deferrable() if deferrable is None else deferrable
         self._watch: TaskWatch | None = None
         self._jedi_task_id: int | None = None
+
+    def panda_label(self) -> str:
+        """What a person knows this instance by (a mapped one's label): the PanDA task it waits for."""
+        target = self._jedi_task_id or self.jedi_task_id
+        return f"PanDA task {target}" if target not in (None, "") else ""
 
     @cached_property
     def hook(self) -> PandaHook:
