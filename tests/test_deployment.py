@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import threading
 import time
 import urllib.request
@@ -112,7 +111,7 @@ class Tier:
         if not pid:
             return None
         try:
-            group = os.getpgid(pid)
+            group = os.getsid(pid)
         except OSError:
             return None
         return next((n for n, p in self.state["pids"].items() if p == group), None)
@@ -186,7 +185,7 @@ def test_scale_with_faults_then_early_triggers(tier):
         return best if best and any(k == "submit" for k, _ in best[1]) else None
 
     victim, on_victim = wait_until(busy_worker, 600, "a worker running submissions", diagnose)
-    os.killpg(t.pgid(victim), signal.SIGKILL)
+    deploy.kill_session(t.pgid(victim))
     killed_worker_at = time.monotonic()
     print(f"\nSIGKILL {victim} with {len(on_victim)} running tasks: {sorted(on_victim)[:8]}...")
 
@@ -213,7 +212,7 @@ def test_scale_with_faults_then_early_triggers(tier):
     before = assigned()
     doomed = max(held, key=held.get)
     survivor = "triggerer-2" if doomed == "triggerer-1" else "triggerer-1"
-    os.killpg(t.pgid(doomed), signal.SIGKILL)
+    deploy.kill_session(t.pgid(doomed))
     print(f"SIGKILL {doomed} holding {held[doomed]} waits ({survivor}: {held[survivor]}); "
           f"trigger table by triggerer job: { {k: len(v) for k, v in before.items()} }")
 

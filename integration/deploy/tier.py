@@ -75,7 +75,10 @@ SPEED = [
     # Celery: each worker runs up to 16 task processes; a deferring task takes one for ~2 s.
     ("celery", "worker_concurrency", os.environ.get("DEPLOY_WORKER_CONCURRENCY", "16")),
     ("celery", "worker_prefetch_multiplier", "1"),  # a killed worker holds back no more than it runs
-    ("core", "parallelism", "64"),
+    # no more queued than the workers have slots: the rest waits as "scheduled" in the scheduler, not
+    # in the broker, so a task is never queued for long (Airflow fails one it finds "stuck in queued"
+    # and then hears failed from the executor: seen with 46 queued and the timeout at 120 s)
+    ("core", "parallelism", "32"),
     ("core", "max_active_tasks_per_dag", "1024"),
     ("core", "max_map_length", "2048"),
     ("scheduler", "max_tis_per_query", "512"),
@@ -84,8 +87,6 @@ SPEED = [
     # a dead worker's running tasks are found within a minute (default 5 minutes)
     ("scheduler", "task_instance_heartbeat_timeout", "45"),
     ("scheduler", "task_instance_heartbeat_timeout_detection_interval", "5"),
-    # tasks a killed worker had taken but not started go back to the queue (default 10 minutes)
-    ("scheduler", "task_queued_timeout", "120"),
     ("triggerer", "job_heartbeat_sec", "2"),
     # a killed triggerer's triggers move to the other one within ~10 s (default 30)
     ("triggerer", "triggerer_health_check_threshold", "10"),
@@ -127,37 +128,43 @@ def start(state: dict, name: str, cmd: list[str], env: dict[str, str] | None = N
     return proc.pid
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return False
-    return any(alive(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid(int(p.name)) == pgid)
+def session_pids(sid: int) -> list[int]:
+    """Every live process of the session ``sid``: a process started by :func:`start` leads its own,
+    and what it forks stays in it even in a process group of its own (Airflow's task processes)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry.name)) == sid and alive(int(entry.name)):
+                    pids.append(int(entry.name))
+    return pids
 
 
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def stop_group(pgid: int | None, grace: float = 20.0, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Signal the process group ``pgid`` (a process started by :func:`start` leads its own), wait
-    until it is gone (at most ``grace`` s), then SIGKILL it."""
-    if not pgid:
-        return
-    for signum in (sig, signal.SIGKILL):
+def kill_session(sid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal every process of the session ``sid`` (SIGKILL: the machine it runs on died)."""
+    for pid in session_pids(sid):
         with contextlib.suppress(OSError):
-            os.killpg(pgid, signum)
-        deadline = time.monotonic() + grace
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not group_alive(pgid):
+            os.kill(pid, sig)
+
+
+def stop_group(sid: int | None, grace: float = 10.0) -> None:
+    """SIGTERM the process group of ``sid`` (its leader and what shares its group), wait until its
+    session is empty (at most ``grace`` s), then SIGKILL every process left in the session."""
+    if not sid:
+        return
+    with contextlib.suppress(OSError):
+        os.killpg(sid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for _ in range(50):
+        if not session_pids(sid):
             return
+        kill_session(sid)
+        time.sleep(0.1)
 
 
-def stop(state: dict, name: str, grace: float = 20.0) -> None:
+def stop(state: dict, name: str, grace: float = 10.0) -> None:
     stop_group(state.get("pids", {}).pop(name, None), grace)
     (DEPLOY_DIR / f"{name}.pid").unlink(missing_ok=True)
     save_state(state)
