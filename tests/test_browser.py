@@ -424,7 +424,8 @@ def test_connection_made_in_the_form_tests_green_runs_the_example_and_shows_in_t
                               f"{n} of {n} input files finished, 0 failed (100%)")
         assert "done" in text and "Jobs by status" in text and "PanDA monitor" in text, text
         shot(browser, "5-panda-view-done")
-        page.panda_tab(f"/dags/{DAG_ID}/runs/{run}/plugin/panda-run", "1 of 1 ended")
+        # submit and summarise both name the PanDA task (summarise reads it through XCom)
+        page.panda_tab(f"/dags/{DAG_ID}/runs/{run}/plugin/panda-run", "2 of 2 ended", "summarise")
         shot(browser, "6-panda-run-summary-done")
     except Exception:
         shot(browser, "failure-panda-view-done")
@@ -479,6 +480,7 @@ def test_the_panda_tab_of_a_running_a_retried_and_a_mapped_task(panda, airflow, 
         assert str(attempt["reason"])[:40] in text, (attempt, text)
         path = shot(browser, "8-panda-view-retried")
         if os.environ.get("UPDATE_DOCS_IMAGE") == "1":
+            DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, DOCS_IMAGE)
     except Exception:
         shot(browser, "failure-panda-view-retried")
