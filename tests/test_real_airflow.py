@@ -160,6 +160,14 @@ class Cluster:
         assert answer.status_code < 300, (method, path, answer.status_code, answer.text[:500])
         return answer.json()
 
+    def scheduler_says(self, dag_id: str, lines: int = 30) -> str:
+        """The scheduler's last lines about ``dag_id`` that tell why an instance failed (an executor
+        event, a heartbeat timeout, a state mismatch): for a diagnosis when a task log stops short."""
+        words = ("fail", "heartbeat", "mismatch", "executor", "killed", "error")
+        said = [line for line in self.logs["scheduler"].read_text(errors="replace").splitlines()
+                if dag_id in line and any(w in line.lower() for w in words)]
+        return "scheduler:\n" + "\n".join(line[:400] for line in said[-lines:])
+
     def ti_log(self, dag_id: str, task_id: str) -> str:
         """Every log file of a task instance (all tries, trigger logs too), concatenated."""
         return "".join(p.read_text(errors="replace")
@@ -396,7 +404,8 @@ def test_user_actions_through_airflows_api(tmp_path, slow_server):
             t = task("defclear")
             return (f"deferred_clear (state, try, trigger): {ti_row('deferred_clear')}; PanDA task: "
                     f"{t and (t.task_id, t.status, t.attempt, t.reads)}\n"
-                    f"{cluster.ti_log('panda_actions', 'deferred_clear')[-6000:]}")
+                    f"{cluster.ti_log('panda_actions', 'deferred_clear')[-6000:]}\n"
+                    f"{cluster.scheduler_says('panda_actions')}")
 
         steps = {"sync_mark_failed": "syncfail", "deferred_mark_success": "defsuccess", "sync_keep": "keep",
                  "deferred_clear": "defclear"}
@@ -589,7 +598,8 @@ def _clear_race(server, cluster: Cluster) -> None:
         def diagnose() -> str:
             return "\n".join(f"{task_id}: TI {ti_row(task_id)}; PanDA task "
                              f"{(t := task(task_id)) and (t.task_id, t.status, t.attempt, t.path)}\n"
-                             f"{cluster.ti_log('panda_clear_race', task_id)[-3000:]}" for task_id in steps)
+                             f"{cluster.ti_log('panda_clear_race', task_id)[-3000:]}" for task_id in steps
+                             ) + "\n" + cluster.scheduler_says("panda_clear_race")
 
         for task_id in steps:
             wait_until(lambda task_id=task_id: (t := task(task_id)) and t.status == "running" and t.reads >= 2
