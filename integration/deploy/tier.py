@@ -112,13 +112,15 @@ def save_state(state: dict) -> None:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def start(state: dict, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
-    """Start ``name`` in a session of its own (its process group is stopped as one), unless it runs."""
+def start(state: dict, name: str, cmd: list[str], env: dict[str, str] | None = None,
+          out_path: Path | None = None) -> int:
+    """Start ``name`` in a session of its own (stopped as one), unless it runs; its output goes to
+    ``out_path`` (default ``log/<name>.log``)."""
     pid = state.get("pids", {}).get(name)
     if alive(pid):
         return pid
     LOG_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LOG_DIR / f"{name}.log", "a") as out:
+    with open(out_path or LOG_DIR / f"{name}.log", "a") as out:
         proc = subprocess.Popen(cmd, env=env or {**os.environ, "PYTHONPATH": str(REPO)}, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(DEPLOY_DIR),
                                 start_new_session=True)
@@ -294,12 +296,15 @@ def start_panda(state: dict) -> None:
     """The local PanDA server and the proxy in front of it; the connection (to the proxy) as a secret."""
     port = state.setdefault("panda_port", free_port())
     proxy_port = state.setdefault("proxy_port", free_port())
-    out = LOG_DIR / "panda-server.log"
+    # its first line is the connection with its token: kept with the secrets, not among the logs
+    out = SECRETS_FILE.parent / "panda-server.out"
     if not alive(state.get("pids", {}).get("panda-server")):
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(out.parent, 0o700)
+        out.touch(mode=0o600)
         out.write_text("")
         start(state, "panda-server", [sys.executable, "-m", "airflow_provider_panda.testing.server", "--port",
-                                      str(port), "--step", str(PANDA_STEP)])
+                                      str(port), "--step", str(PANDA_STEP)], out_path=out)
         wait_for(lambda: out.read_text().strip(), 60, "the local PanDA server", ["panda-server"], state)
         conn = json.loads(out.read_text().splitlines()[0])
         # the connection goes through the proxy; its token and refresh token are the secret
