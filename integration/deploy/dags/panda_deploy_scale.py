@@ -29,7 +29,7 @@ POLL = float(os.environ.get("DEPLOY_POLL_INTERVAL", "5"))
 
 with DAG("panda_deploy_scale", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
          max_active_tasks=1024, max_active_runs=4,
-         default_args={"retries": 2, "retry_delay": timedelta(seconds=2)}) as dag:
+         default_args={"retries": 1, "retry_delay": timedelta(seconds=2)}) as dag:
 
     @task
     def plan(dag_run=None) -> list[dict]:
