@@ -60,3 +60,24 @@ def test_the_test_buttons_port_0_is_dropped_only_for_panda_connections():
         body = json.dumps(other).encode()
         assert fixed_test_body(body) == body
     assert fixed_test_body(b"not json") == b"not json"
+
+
+def test_the_test_buttons_masked_secrets_are_the_stored_ones_for_the_stored_host_only():
+    """Airflow 3.1's list posts the token masked: the stored one is tested, never sent to another host."""
+    from types import SimpleNamespace
+
+    stored = SimpleNamespace(host="https://x", password="the-token",
+                             extra_dejson={"vo": "atlas", "refresh_token": "the-refresh"})
+    lookup = {"p": stored}.get
+    panda = {"connection_id": "p", "conn_type": "panda", "host": "https://x", "password": "***",
+             "extra": json.dumps({"vo": "atlas", "refresh_token": "***"})}
+    sent = json.loads(fixed_test_body(json.dumps(panda).encode(), lookup))
+    assert sent["password"] == "the-token"
+    assert json.loads(sent["extra"]) == {"vo": "atlas", "refresh_token": "the-refresh"}
+    for elsewhere in ({**panda, "host": "https://attacker"}, {**panda, "port": 8443},
+                      {**panda, "connection_id": "new"}, {**panda, "conn_type": "http"}):
+        body = json.dumps(elsewhere).encode()
+        assert b"the-token" not in fixed_test_body(body, lookup)
+    fresh = {**panda, "password": "typed-now", "extra": "{}"}
+    assert json.loads(fixed_test_body(json.dumps(fresh).encode(), lookup))["password"] == "typed-now"
+
