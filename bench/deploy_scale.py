@@ -23,14 +23,15 @@ import re
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from _util import table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-ASYNC_CLIENT = "airflow-provider-panda (httpx)"
+
+from integration.deploy.client import TierClient  # noqa: E402
+
 DAGS = {"shared poller": "panda_deploy_scale", "per-task": "panda_deploy_scale_per_task"}
 
 
@@ -44,29 +45,8 @@ def wait_until(predicate, timeout: float, what: str):
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-class Bench:
-    def __init__(self, deploy, state: dict) -> None:
-        import psycopg2
-
-        self.deploy, self.state = deploy, state
-        self.db = psycopg2.connect(host="127.0.0.1", port=state["pg_port"], user="airflow",
-                                   password=state["db_password"], dbname="airflow")
-        self.db.autocommit = True
-
-    def sql(self, text: str, *args) -> list[tuple]:
-        with self.db.cursor() as cur:
-            cur.execute(text, args)
-            return cur.fetchall()
-
-    def control(self, action: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.state['panda_url']}/_control/{action}", data=data,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return json.loads(answer.read())
-
-    def triggerer_requests(self) -> int:
-        return self.control("requests")["by_client"].get(ASYNC_CLIENT, 0)
+class Bench(TierClient):
+    """The tier, measured."""
 
     def triggers_held(self) -> int:
         total = 0

@@ -20,10 +20,11 @@ import os
 import re
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from integration.deploy.client import ASYNC_CLIENT, TierClient
 
 pytestmark = [pytest.mark.skipif(os.environ.get("DEPLOY_TEST") != "1",
                                  reason="DEPLOY_TEST=1 runs it (make test-deploy)"), pytest.mark.timeout(2400)]
@@ -35,7 +36,6 @@ OUTAGE = 60.0
 FAIL_EVERY = 10
 N_DEFER, N_POKE, N_KILL = 10, 6, 4
 N_QUICK = 30
-ASYNC_CLIENT = "airflow-provider-panda (httpx)"
 
 
 def wait_until(predicate, timeout: float, what: str, diagnose=None):
@@ -64,28 +64,8 @@ def tier():
         deploy.down()
 
 
-class Tier:
+class Tier(TierClient):
     """What the test reads and does on the running tier."""
-
-    def __init__(self, deploy, state: dict) -> None:
-        import psycopg2
-
-        self.deploy, self.state = deploy, state
-        self.db = psycopg2.connect(host="127.0.0.1", port=state["pg_port"], user="airflow",
-                                   password=state["db_password"], dbname="airflow")
-        self.db.autocommit = True
-
-    def sql(self, text: str, *args) -> list[tuple]:
-        with self.db.cursor() as cur:
-            cur.execute(text, args)
-            return cur.fetchall()
-
-    def control(self, action: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.state['panda_url']}/_control/{action}", data=data,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return json.loads(answer.read())
 
     def states(self, run_id: str, task_id: str | None = None) -> dict[tuple[str, int], tuple[str, int]]:
         rows = self.sql("SELECT task_id, map_index, state, try_number FROM task_instance WHERE run_id=%s", run_id)
