@@ -52,6 +52,7 @@ $(OLD_STAMP): pyproject.toml $(OLD_CONSTRAINTS)
 # the HTTP client, the local server, the builder against prun, the other examples) and the
 # real-cluster tier run on the newest Airflow only.
 OLDEST_TESTS := tests/unit tests/test_operators.py tests/test_trigger.py tests/test_connection_form.py \
+	tests/test_connection_test_button.py tests/test_panda_view.py \
 	tests/test_credentials.py tests/test_ownership.py tests/test_not_found.py tests/test_outputs.py \
 	tests/test_bad_input.py tests/test_secrets.py \
 	tests/test_example_dags.py::test_fan_out_failure tests/test_example_dags.py::test_submit_and_wait_success \
