@@ -16,16 +16,22 @@ import pytest
 
 # Airflow reads its home at import: give each test process (each xdist worker) a private one, with
 # its own metadata database and dags folder, before any import. Nothing is shared between workers.
+# Once per process: imported a second time under another name (``tests.conftest``), this module must
+# not move Airflow's home and dags folder under an Airflow that has read them already.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-_HOME = tempfile.mkdtemp(prefix=f"airflow-panda-tests-{_WORKER}-")
-atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+if os.environ.get("PANDA_TESTS_PID") == str(os.getpid()):
+    _HOME = os.environ["AIRFLOW_HOME"]
+else:
+    _HOME = tempfile.mkdtemp(prefix=f"airflow-panda-tests-{_WORKER}-")
+    atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+    os.environ["PANDA_TESTS_PID"] = str(os.getpid())
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 # dag.test() runs a trigger inline, with no executor to race (see triggers.wait.EVENT_HOLD)
 os.environ["AIRFLOW__PANDA__TRIGGER_EVENT_HOLD"] = "0"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = os.path.join(_HOME, "dags")
-os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # tests may write a file there before any DAG runs
+os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)  # tests may write a file there first
 
 from airflow_provider_panda.testing.server import LocalPandaServer  # noqa: E402
 

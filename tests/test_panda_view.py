@@ -10,9 +10,10 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from conftest import wait_for
+
 from airflow_provider_panda.ui.cache import TaskCache
 from airflow_provider_panda.ui.plugin import fixed_test_body
-from tests.conftest import wait_for
 
 # --- pure ---------------------------------------------------------------------------------------
 
@@ -29,7 +30,7 @@ def test_concurrent_readers_of_one_task_cost_one_read_per_ttl():
 
     with ThreadPoolExecutor(20) as pool:
         futures = [pool.submit(cache.get, ("c", 1), load) for _ in range(20)]
-        wait_for(lambda: loads, 5)
+        wait_for(lambda: loads, 60)
         gate.set()
         answers = [f.result() for f in futures]
     assert len(loads) == 1 and all(a["task"] == {"status": "running"} for a in answers)
