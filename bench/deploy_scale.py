@@ -30,19 +30,9 @@ from _util import table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from integration.deploy.client import TierClient  # noqa: E402
+from integration.deploy.client import TierClient, wait_until  # noqa: E402
 
 DAGS = {"shared poller": "panda_deploy_scale", "per-task": "panda_deploy_scale_per_task"}
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 class Bench(TierClient):

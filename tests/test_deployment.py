@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from integration.deploy.client import ASYNC_CLIENT, TierClient
+from integration.deploy.client import ASYNC_CLIENT, TierClient, wait_until
 
 pytestmark = [pytest.mark.skipif(os.environ.get("DEPLOY_TEST") != "1",
                                  reason="DEPLOY_TEST=1 runs it (make test-deploy)"), pytest.mark.timeout(2400)]
@@ -36,16 +36,6 @@ OUTAGE = 60.0
 FAIL_EVERY = 10
 N_DEFER, N_POKE, N_KILL = 10, 6, 4
 N_QUICK = 30
-
-
-def wait_until(predicate, timeout: float, what: str, diagnose=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{diagnose()}" if diagnose else ""))
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,23 @@ server's control endpoints (request counts, simulated JEDI), and Airflow's CLI t
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from typing import Any
 
 #: The User-Agent of the provider's async client: the requests the triggerers sent.
 ASYNC_CLIENT = "airflow-provider-panda (httpx)"
+
+
+def wait_until(predicate: Any, timeout: float, what: str, diagnose: Any = None) -> Any:
+    """``predicate()``'s first truthy answer, polled; the timeout only limits a hang."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{diagnose()}" if diagnose else ""))
 
 
 class TierClient:
