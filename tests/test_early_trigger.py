@@ -83,7 +83,7 @@ def test_a_task_that_ends_at_once_is_not_failed_by_the_scheduler(cluster):
         return all(query(cluster.db, "SELECT 1 FROM dag_run WHERE dag_id=? AND state IN ('success', 'failed')", d)
                    for d in dag_ids)
 
-    wait_until(runs_ended, 300, "both runs to end", cluster.procs,
+    wait_until(runs_ended, 600, "both runs to end", cluster.procs,
                diagnose=lambda: f"{states('held')} {states('not_held')}")
     mismatches = dict(query(cluster.db,
                             "SELECT dag_id, COUNT(*) FROM log WHERE event='state mismatch' GROUP BY dag_id"))

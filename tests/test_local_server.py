@@ -106,4 +106,7 @@ def test_command_line_prints_a_usable_connection():
         assert renewed.status_code == 200 and renewed.json()["id_token"]
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -289,7 +289,7 @@ def test_sensor_modes(panda_server, hook, capfd, mode):
 def test_sensor_fails_fast_on_a_failure_status(panda_server, hook, capfd, mode):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["broken"], "sensfail"))
     args = "deferrable=True" if mode == "deferrable" else "mode='poke'"
-    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.1, timeout=30, {args})")
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id={task_id}, poke_interval=0.1, timeout=300, {args})")
     assert run.states == {"wait": "failed"}
     assert f"PanDA task {task_id} ended broken" in "".join(capfd.readouterr())
 
@@ -299,7 +299,7 @@ def test_sensor_on_a_pipeline_of_submit_then_wait(panda_server):
     run = run_dag("""\
         submit = SubmitTaskOperator(task_id='submit', task_params=$params, wait_for_completion=False)
         wait = TaskStatusSensor(task_id='wait', jedi_task_id="{{ ti.xcom_pull('submit') }}", poke_interval=0.1,
-                                timeout=30, deferrable=True)
+                                timeout=300, deferrable=True)
         submit >> wait
         """, params=repr(params))
     assert run.states == {"submit": "success", "wait": "success"}
@@ -363,7 +363,7 @@ def test_sensor_not_found_grace_expires_in_every_mode(panda_server, capfd, mode)
     args = "deferrable=True" if mode == "deferrable" else f"mode='{mode}'"
     # timeout bounded: a grace restarted at each poke never expires, and the sensor's own timeout (a
     # different error) must end that run fast
-    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id=987654321, poke_interval=0.3, timeout=30, "
+    run = run_dag(f"TaskStatusSensor(task_id='wait', jedi_task_id=987654321, poke_interval=0.3, timeout=120, "
                   f"not_found_grace=2, {args})")
     assert run.states == {"wait": "failed"}
     assert "is not known to the server" in "".join(capfd.readouterr())
@@ -452,14 +452,14 @@ def _in_thread(script):
     return thread
 
 
-@pytest.mark.timeout(180, method="thread")
+@pytest.mark.timeout(400, method="thread")
 @pytest.mark.parametrize("cancel_on_kill", [True, False])
 def test_sigterm_during_the_wait_kills_the_task_execute_submitted(panda_server, hook, cancel_on_kill):
     """Airflow's task runner answers SIGTERM (a task marked failed or success, cleared, or killed
     while it runs) with the operator's ``on_kill``; here the real signal reaches the real handler
     while the operator waits. The id it kills is the one ``execute`` recorded when it submitted,
     nothing set by hand: with ``cancel_on_kill`` the task is aborted (and the wait ends on it), without
-    it the task runs on (then the test lets it finish). Bounded: the operator gives up after 30 s."""
+    it the task runs on (then the test lets it finish). Bounded: the operator gives up after 120 s."""
     import os
     import signal
 
@@ -482,9 +482,9 @@ def test_sigterm_during_the_wait_kills_the_task_execute_submitted(panda_server, 
             panda_server.sim.force(task.task_id, status="done")
 
     thread = _in_thread(kill_the_try)
-    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=30, "
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=120, "
                   f"cancel_on_kill={cancel_on_kill}, {FAST})", params=repr(params))
-    thread.join(60)
+    thread.join(200)
     assert not thread.errors, thread.errors
     [task] = tasks_named(panda_server, params["taskName"])
     if cancel_on_kill:
@@ -533,14 +533,14 @@ async def _kill_through_the_triggerer(trigger, task) -> None:
 
 @pytest.mark.skipif(tuple(int(p) for p in __import__("airflow").__version__.split(".")[:2]) < (3, 3),
                     reason="Airflow calls a trigger's on_kill from 3.3 on")
-@pytest.mark.timeout(180, method="thread")
+@pytest.mark.timeout(400, method="thread")
 @pytest.mark.parametrize("cancel_on_kill", [True, False])
 def test_a_deferred_operator_kills_its_task_only_with_cancel_on_kill(panda_server, hook, cancel_on_kill):
     """The deferred wait: the operator defers (a real DAG run), the trigger it deferred with is
     loaded from Airflow's trigger table as the triggerer loads it, run in Airflow's TriggerRunner and
     cancelled by a user action, which calls its ``on_kill``. With ``cancel_on_kill=True`` the PanDA
     task is aborted (and the run's own wait ends on it); with False it runs on (then the test lets it
-    finish). Bounded: the operator gives up after 30 s."""
+    finish). Bounded: the operator gives up after 120 s."""
     import asyncio
 
     from conftest import wait_for
@@ -559,9 +559,9 @@ def test_a_deferred_operator_kills_its_task_only_with_cancel_on_kill(panda_serve
             panda_server.sim.force(task.task_id, status="done")
 
     thread = _in_thread(kill_the_deferred_wait)
-    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=30, deferrable=True, "
+    run = run_dag(f"SubmitTaskOperator(task_id='submit', task_params=$params, timeout=120, deferrable=True, "
                   f"cancel_on_kill={cancel_on_kill}, {FAST})", params=repr(params))
-    thread.join(60)
+    thread.join(200)
     assert not thread.errors, thread.errors
     [task] = tasks_named(panda_server, params["taskName"])
     if cancel_on_kill:

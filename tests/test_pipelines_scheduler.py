@@ -9,7 +9,7 @@ import pytest
 from test_real_airflow import EXAMPLES, Cluster, query, wait_until
 
 #: A real cluster on a busy machine can take minutes; load must only slow it, never fail it.
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 
 #: DAG id -> (run conf, the states every task instance must end in).
@@ -57,7 +57,7 @@ def test_pipeline_examples_under_the_scheduler_and_triggerer(cluster):
         rows = query(cluster.db, "SELECT task_id, map_index, state FROM task_instance WHERE dag_id=?", dag_id)
         return {(t if m < 0 else f"{t}[{m}]"): s for t, m, s in rows}
 
-    wait_until(ended, 420, "every pipeline run to end", cluster.procs,
+    wait_until(ended, 900, "every pipeline run to end", cluster.procs,
                lambda: {d: states(d) for d in PIPELINES})
     runs = dict(query(cluster.db, "SELECT dag_id, state FROM dag_run"))
     for dag_id, (_, expected) in PIPELINES.items():

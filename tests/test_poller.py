@@ -101,14 +101,14 @@ def test_a_status_that_changes_twice_within_an_interval(hook, panda_server):
 
     async def scenario():
         # an interval long enough that the three calls of the changes fit between two rounds on a
-        # busy machine (the assert below says if they did not)
-        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=5.0)))
+        # starved machine (the assert below says if they did not)
+        wait = asyncio.ensure_future(first_event(PandaTaskTrigger(task_id, poll_interval=30.0)))
         poller = await until(lambda: next(iter(list_pollers()), None))
         await until(lambda: poller.rounds >= 1 and task_id in poller.readings)
         rounds = poller.rounds
         await asyncio.to_thread(fail_then_retry)
         assert poller.rounds == rounds  # both changes fell between two rounds
-        return await asyncio.wait_for(wait, 60)
+        return await asyncio.wait_for(wait, 120)
 
     event = asyncio.run(scenario())
     assert event["status"] == "success" and event["task_status"] == "done"  # never the passing "failed"

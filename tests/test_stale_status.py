@@ -121,7 +121,7 @@ def test_trigger_keeps_waiting_while_the_retry_is_not_processed(hook, panda_serv
         waiting = asyncio.ensure_future(_first_event(trigger))
         # the trigger reads the stale status (and the details) several times without firing
         await asyncio.to_thread(wait_for, lambda: panda_server.panda.requests["task/get_detailed_info"]
-                                - reads["task/get_detailed_info"] >= 3, 20)
+                                - reads["task/get_detailed_info"] >= 3, 120)
         assert not waiting.done()
         panda_server.sim.clock.freeze(False)
         return await asyncio.wait_for(waiting, 60)

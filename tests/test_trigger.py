@@ -26,7 +26,7 @@ async def first_event(trigger: PandaTaskTrigger):
 
 
 def run(trigger: PandaTaskTrigger) -> dict:
-    return asyncio.run(asyncio.wait_for(first_event(trigger), timeout=30))
+    return asyncio.run(asyncio.wait_for(first_event(trigger), timeout=120))
 
 
 def test_serialise_round_trip():
@@ -59,7 +59,8 @@ def test_failure_event(hook, panda_server):
 
 def test_timeout_event(hook, panda_server):
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "trigtmo"))
-    event = run(PandaTaskTrigger(task_id, poll_interval=0.02, end_time=time.time() + 0.5))
+    wait_status(hook, task_id, {"running"})  # what the wait last read is running, however slow the machine
+    event = run(PandaTaskTrigger(task_id, poll_interval=0.02, end_time=time.time() + 3))
     assert event["status"] == "timeout" and event["task_status"] == "running"
 
 
@@ -137,7 +138,7 @@ def api_requests(server) -> int:
     return sum(n for call, n in server.panda.requests.items() if "/" in call and not call.startswith("oidc"))
 
 
-async def until(predicate, timeout: float = 20.0) -> None:
+async def until(predicate, timeout: float = 120.0) -> None:
     """Wait on the event loop until predicate() is true (never a fixed sleep)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -258,9 +259,10 @@ def test_on_kill_keeps_within_the_triggerers_budget(hook, panda_server, monkeypa
     task_id = hook.submit_task(params_with_outcomes(panda_server, ["hang"], "killslow"))
     wait_status(hook, task_id, {"running"})
     monkeypatch.setenv("AIRFLOW__TRIGGERER__ON_KILL_TIMEOUT", "2")
-    panda_server.panda.faults.append("slow:30@task/kill")  # the kill acts, its answer comes 30 s late
+    panda_server.panda.faults.append("slow:120@task/kill")  # the kill acts, its answer comes 120 s late
     capsys.readouterr()
     started = time.monotonic()
-    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill(), 20))
-    assert time.monotonic() - started < 10  # within the budget (plus a loaded machine's start-up), not 30 s
+    asyncio.run(asyncio.wait_for(PandaTaskTrigger(task_id, cancel_on_kill=True).on_kill(), 200))
+    # within the budget (2 s, plus a busy machine's delays), not the client's 60 s timeout nor the 120 s
+    assert time.monotonic() - started < 50
     assert f"PanDA task {task_id} may not be killed" in "".join(capsys.readouterr())

@@ -13,9 +13,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 #: What a faulty network and server do: errors before acting, answers lost after acting, answers
-#: slower than the client's timeout (after acting), and 200 answers that are not PanDA's envelope:
-#: a proxy's or SSO login page (before acting) and a body cut in half (after acting).
-FAULT_KINDS = ["500", "502", "503", "429", "after:502", "after:503", "slow:1.5", "html", "cut"]
+#: slower than the client's timeout (after acting; "slow" is made 1.5 times the timeout), and 200
+#: answers that are not PanDA's envelope: a proxy's or SSO login page (before acting) and a body cut
+#: in half (after acting).
+FAULT_KINDS = ["500", "502", "503", "429", "after:502", "after:503", "slow", "html", "cut"]
+
+
+def fault_kinds(timeout: float) -> list[str]:
+    """FAULT_KINDS with the slow answer due after the client's ``timeout``."""
+    return [f"slow:{timeout * 1.5:g}" if kind == "slow" else kind for kind in FAULT_KINDS]
 
 
 @dataclass
@@ -42,8 +48,9 @@ def _control(url: str, action: str, body: dict | None = None):
 
 
 def run_soak(connection: dict, cycles: int = 100, fault_rate: float = 0.2, concurrency: int = 25,
-             poll_interval: float = 0.2, timeout: float = 1.0) -> SoakResult:
-    """Run ``cycles`` submit-and-wait cycles against a local server whose connection is given."""
+             poll_interval: float = 0.2, timeout: float = 5.0) -> SoakResult:
+    """Run ``cycles`` submit-and-wait cycles against a local server whose connection is given. The
+    client's ``timeout`` is long enough that only the injected faults, not a busy machine, time out."""
     from airflow_provider_panda.hooks.panda import PandaHook
     from airflow_provider_panda.triggers.wait import PandaTaskTrigger
 
@@ -52,7 +59,7 @@ def run_soak(connection: dict, cycles: int = 100, fault_rate: float = 0.2, concu
     os.environ["AIRFLOW_CONN_PANDA_SOAK"] = json.dumps(conn)
     run = uuid.uuid4().hex[:8]
     hook = PandaHook("panda_soak")
-    _control(url, "faults", {"rate": fault_rate, "kinds": FAULT_KINDS, "seed": 7})
+    _control(url, "faults", {"rate": fault_rate, "kinds": fault_kinds(timeout), "seed": 7})
     started = time.monotonic()
 
     async def cycle(index: int, gate: asyncio.Semaphore) -> tuple[str, int | None, bool]:
@@ -65,7 +72,7 @@ def run_soak(connection: dict, cycles: int = 100, fault_rate: float = 0.2, concu
             except Exception:
                 return name, None, False
             trigger = PandaTaskTrigger(task_id, "panda_soak", poll_interval=poll_interval,
-                                       end_time=time.time() + 120)
+                                       end_time=time.time() + 600)
             async for event in trigger.run():
                 return name, task_id, event.payload["status"] == "success"
         return name, task_id, False
