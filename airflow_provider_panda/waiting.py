@@ -4,14 +4,17 @@ deferred), the sensor and the trigger. No I/O here; callers fetch statuses and j
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Generator, Iterable
+from collections.abc import Awaitable, Generator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow_provider_panda import api
 from airflow_provider_panda.exceptions import PandaError, PandaInputError, PandaNotFoundError
+
+_T = TypeVar("_T")
 
 SUCCESS, FAILURE, TIMEOUT, ERROR = "success", "failure", "timeout", "error"
 #: How long a freshly submitted task may stay invisible (only DEFT knows it) before the wait fails.
@@ -331,6 +334,27 @@ def take_reading(watch: TaskWatch, source: Any) -> str | None:
             if request == STATUS:
                 raise
             answer = _failed_details(request, exc)
+
+
+async def within(step: Awaitable[_T], limit: float | None) -> _T | None:
+    """``step``'s result, or None after ``limit`` seconds (None: no limit; the step is then cancelled).
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns the step's result when a cancellation of
+    the caller lands as the step completes, so a user's action on a deferred task (mark, clear) is
+    swallowed: the trigger waits on and Airflow never calls its ``on_kill``. Here the caller's
+    cancellation always propagates, message and all (the triggerer reads it), on every Python."""
+    if limit is None:
+        return await step
+    task = asyncio.ensure_future(step)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=limit)
+    except BaseException:
+        task.cancel()
+        raise
+    if done:
+        return task.result()
+    task.cancel()
+    return None
 
 
 async def take_reading_async(watch: TaskWatch, source: Any) -> str | None:

@@ -20,6 +20,7 @@ from airflow_provider_panda.waiting import (
     TaskWatch,
     WaitSpec,
     take_reading_async,
+    within,
 )
 
 _T = TypeVar("_T")
@@ -155,8 +156,8 @@ class PandaTaskTrigger(BaseTrigger):
             # or by the shared poller's next round (which may come later than that: a slow sweep).
             if self._time_left() is not None and self._time_left() < self.poll_interval:
                 try:
-                    verdict = await self._within(take_reading_async(watch, _OwnSource(self, source.client)),
-                                                 max(self.poll_interval, FIRST_READING))
+                    verdict = await within(take_reading_async(watch, _OwnSource(self, source.client)),
+                                           max(self.poll_interval, FIRST_READING))
                 except PandaError as exc:
                     if not is_transient(exc):
                         return self._event(ERROR, watch.last_status, str(exc), exc)
@@ -199,17 +200,7 @@ class PandaTaskTrigger(BaseTrigger):
 
     async def _before_deadline(self, step: Awaitable[_T]) -> _T | None:
         """``step``'s result, or None if ``end_time`` came first."""
-        return await self._within(step, self._time_left())
-
-    @staticmethod
-    async def _within(step: Awaitable[_T], limit: float | None) -> _T | None:
-        """``step``'s result, or None after ``limit`` seconds (None: no limit)."""
-        if limit is None:
-            return await step
-        try:
-            return await asyncio.wait_for(step, limit)
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            return None
+        return await within(step, self._time_left())
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3: a user killed the deferred task; kill the PanDA task too if asked.
@@ -224,26 +215,29 @@ class PandaTaskTrigger(BaseTrigger):
         budget = kill_budget()
         self.log.info("Killing PanDA task %s because its Airflow task was killed", self.jedi_task_id)
         try:
-            await asyncio.wait_for(self._kill(), budget)
-        except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            self.log.warning("PanDA task %s may not be killed: the kill got no answer within %.0f s (the triggerer "
-                             "allows on_kill %s s, [triggerer] on_kill_timeout); kill it by hand if it still runs",
-                             self.jedi_task_id, budget, on_kill_timeout())
+            answered = await within(self._kill(), budget)
         except PandaError as exc:
             self.log.warning("PanDA task %s may not be killed: the kill failed (%s); kill it by hand if it still "
                              "runs", self.jedi_task_id, exc)
+            return
+        if answered is None:
+            self.log.warning("PanDA task %s may not be killed: the kill got no answer within %.0f s (the triggerer "
+                             "allows on_kill %s s, [triggerer] on_kill_timeout); kill it by hand if it still runs",
+                             self.jedi_task_id, budget, on_kill_timeout())
 
-    async def _kill(self) -> None:
+    async def _kill(self) -> bool:
+        """Send the kill; True once the server answered it."""
         from airflow_provider_panda.hooks.panda import AsyncPandaClient
 
         client = await AsyncPandaClient.for_connection(self.panda_conn_id, self.log)
         try:
-            # within wait_for's budget: a refusal of a just-submitted task is tried again until then
+            # within on_kill's budget: a refusal of a just-submitted task is tried again until then
             await client.kill_own_task(self.jedi_task_id, kill_budget() * 0.8)
         except PandaCommandRejected as exc:
             self.log.info("PanDA task %s not killed: %s", self.jedi_task_id, exc.server_message)
         finally:
             await client.aclose()
+        return True
 
 
 #: Seconds after deferral before a trigger fires its event (``[panda] trigger_event_hold``): past

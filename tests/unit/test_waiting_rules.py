@@ -741,3 +741,32 @@ def test_a_failure_message_without_details_still_names_the_status_and_the_monito
 @pytest.mark.parametrize("status", ["failed", "finished", "exhausted", "broken", "aborted"])
 def test_every_bad_end_has_a_next_step(status):
     assert f"Next: {waiting.NEXT_STEP[status]}" in waiting.failure_message(TASK, status, None, None, "M")
+
+
+def test_a_cancellation_landing_as_the_step_completes_is_not_swallowed():
+    """The triggerer cancels a trigger with a message ("user action": a mark or clear) and calls its
+    on_kill only if that cancellation comes out of the trigger. One that lands in the same loop turn
+    as the step's answer must still come out, message and all (asyncio.wait_for before Python 3.12
+    returns the answer instead, and the trigger waits on)."""
+
+    async def scenario():
+        step = asyncio.get_running_loop().create_future()
+        waiter = asyncio.ensure_future(waiting.within(step, 60))
+        await asyncio.sleep(0)  # the waiter awaits the step
+        step.set_result("running")
+        waiter.cancel("user action")
+        with pytest.raises(asyncio.CancelledError) as cancelled:
+            await waiter
+        return cancelled.value.args
+
+    assert asyncio.run(scenario()) == ("user action",)
+
+
+def test_within_returns_none_at_its_limit_and_the_answer_before_it():
+    async def scenario():
+        never = asyncio.get_running_loop().create_future()
+        answered = asyncio.get_running_loop().create_future()
+        answered.set_result("done")
+        return await waiting.within(never, 0.01), await waiting.within(answered, 60), never.cancelled()
+
+    assert asyncio.run(scenario()) == (None, "done", True)
